@@ -1,0 +1,31 @@
+# The two front doors: `make demo` and `make test`. Both build .venv from scratch if needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+# torch is installed first and pinned: this machine carries a CPU build of 2.13.0 on disk,
+# and any other torch request would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[convert,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/effnet-ray demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_label.py
+
+clean:
+	rm -rf $(VENV) .demo-output

@@ -1,0 +1,165 @@
+"""`effnet-ray`: models list|prepare, label, demo. Every user error is one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from effnet_ray.errors import UserError
+
+DEMO_MODEL = "efficientnet-lite0"
+PHOTOS = Path(__file__).parent / "data" / "photos"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage plus message
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _add_label_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (recursive) or glob patterns")
+    p.add_argument("--output", "-o", required=True, help="folder for the Parquet files")
+    p.add_argument("--model", help="model name (default: efficientnet-b7-pytorch)")
+    p.add_argument("--model-path", help="an IR (.xml) to use instead of the prepared one")
+    p.add_argument("--device", help="OpenVINO device: CPU, GPU, GPU.N, AUTO... (default CPU)")
+    p.add_argument("--precision", help="f32, bf16, f16 or auto (device default)")
+    p.add_argument("--top-k", type=int, help="classes kept per image (default 5)")
+    p.add_argument("--batch-size", type=int, help="images per inference call (default 8)")
+    p.add_argument("--actors", type=int, help="OpenVINO actors (default 1)")
+    p.add_argument("--actor-cpus", type=float, help="logical CPUs each actor reserves")
+    p.add_argument("--threads", type=int, help="OpenVINO threads per actor (0: all cores)")
+    p.add_argument("--unit-size", type=int, help="images per read task (default 64)")
+    p.add_argument("--address", help="an existing Ray cluster (default: start a local Ray)")
+    p.add_argument("--cache-dir", help="prepared models and compiled blobs")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the results already in --output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="effnet-ray", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    models = sub.add_parser("models", help="list or prepare models")
+    msub = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    msub.add_parser("list", help="known models and whether they are prepared") \
+        .add_argument("--cache-dir")
+    prep = msub.add_parser("prepare", help="build a model's OpenVINO IR into the cache")
+    prep.add_argument("name")
+    prep.add_argument("--weights", type=Path, help="use this weights file instead of downloading")
+    prep.add_argument("--weights-url", help="download the weights from this URL instead")
+    prep.add_argument("--random-weights", action="store_true",
+                      help="seeded random weights (tests, benchmarks): labels mean nothing")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--no-verify", action="store_true",
+                      help="accept a --weights file whose checksum differs")
+    prep.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    prep.add_argument("--cache-dir")
+    _add_label_options(sub.add_parser("label", help="label images, write Parquet"))
+    demo = sub.add_parser("demo", help=f"label the bundled photos with {DEMO_MODEL}")
+    demo.add_argument("--output", default=".demo-output")
+    demo.add_argument("--cache-dir")
+    return parser
+
+
+def _cache(args: argparse.Namespace) -> Path:
+    from effnet_ray.ir import default_cache_dir
+
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+
+
+def models_list(args: argparse.Namespace) -> None:
+    from effnet_ray.ir import prepared_path
+    from effnet_ray.registry import all_specs
+
+    cache = _cache(args)
+    for name, spec in all_specs().items():
+        path = prepared_path(cache, name)
+        state = f"prepared: {path}" if path.is_file() else "not prepared"
+        print(f"{name:28} {spec.input.layout} {spec.input.color} "
+              f"{spec.input.width}x{spec.input.height}  {state}")
+        print(f"{'':28} {spec.description}")
+
+
+def prepare_model(name: str, cache: Path, weights: Path | None = None,
+                  weights_url: str | None = None, random_seed: int | None = None,
+                  verify: bool = True, force: bool = False) -> Path:
+    from effnet_ray.convert import prepare
+    from effnet_ray.ir import check_contract, prepared_path, read_ir
+    from effnet_ray.registry import get_spec
+    from effnet_ray.weights import resolve_weights
+
+    spec = get_spec(name)
+    dest = prepared_path(cache, name, random_seed)
+    if dest.is_file() and not force:
+        check_contract(read_ir(dest), spec, str(dest))
+        return dest
+    if random_seed is None:
+        weights = resolve_weights(spec, cache, weights, weights_url, verify)
+    return prepare(spec, dest, weights, random_seed)
+
+
+def models_prepare(args: argparse.Namespace) -> None:
+    from effnet_ray.ir import complexity, read_ir
+
+    path = prepare_model(args.name, _cache(args), args.weights, args.weights_url,
+                         args.seed if args.random_weights else None, not args.no_verify,
+                         args.force)
+    params, flops = complexity(read_ir(path))
+    print(f"{args.name}: {path} ({params / 1e6:.3f} MParams, {flops / 1e9:.3f} GFLOPs)")
+
+
+def label(args: argparse.Namespace) -> None:
+    from effnet_ray.config import build_label_config
+    from effnet_ray.job import run
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "inputs", "output")}
+    cfg = build_label_config(args.inputs, args.output, **options)
+    print(run(cfg))
+
+
+def demo(args: argparse.Namespace) -> None:
+    import pyarrow.dataset as pads
+
+    from effnet_ray.config import build_label_config
+    from effnet_ray.job import run
+
+    cache = _cache(args)
+    prepare_model(DEMO_MODEL, cache)
+    cfg = build_label_config([str(PHOTOS)], args.output, model=DEMO_MODEL,
+                             cache_dir=str(cache), overwrite=True, batch_size=16)
+    summary = run(cfg)
+    table = pads.dataset(cfg.output, format="parquet").to_table(
+        columns=["path", "class_id", "label", "top_k_probs", "error"]).to_pylist()
+    print(f"\n{'file':24} {'class':>5}  {'label':28} {'prob':>5}")
+    for row in sorted(table, key=lambda r: r["path"]):
+        name = Path(row["path"]).name
+        if row["error"]:
+            print(f"{name:24} {'-':>5}  error: {row['error']}")
+        else:
+            print(f"{name:24} {row['class_id']:>5}  {row['label']:28} "
+                  f"{row['top_k_probs'][0]:5.2f}")
+    print(f"\n{summary}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "models":
+            (models_list if args.models_command == "list" else models_prepare)(args)
+        elif args.command == "label":
+            label(args)
+        else:
+            demo(args)
+    except UserError as exc:
+        print(f"effnet-ray: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("effnet-ray: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""PyTorch network -> OpenVINO IR that honours a model's contract (needs the `convert` extra).
+
+The IR takes exactly what the contract says (layout, colour order, 0-255 values) because the
+normalisation and channel handling are part of the converted graph, as in OMZ's conversions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+from PIL import Image
+
+from effnet_ray import __version__
+from effnet_ray.errors import UserError
+from effnet_ray.ir import check_contract, file_sha256, read_ir, set_metadata
+from effnet_ray.registry import ModelSpec
+
+try:
+    import geffnet
+    import torch
+except ImportError:  # the labeling job never needs this module
+    torch = geffnet = None
+
+PHOTOS = Path(__file__).parent / "data" / "photos"
+DARK = 0.15  # dark copies of the calibration photos keep very dark inputs in range
+
+
+def _require_torch() -> None:
+    if torch is None:
+        raise UserError("model conversion needs PyTorch and gen-efficientnet: "
+                        "pip install 'effnet-ray[convert]'")
+
+
+class ContractInput(torch.nn.Module if torch else object):
+    """Turns the contract's input (layout, colour order, 0-255) into the network's input."""
+
+    def __init__(self, net: torch.nn.Module, spec: ModelSpec) -> None:
+        super().__init__()
+        self.net = net
+        self.nhwc = spec.input.layout == "NHWC"
+        self.bgr = spec.input.color == "BGR"
+        self.register_buffer("mean", torch.tensor(spec.source.mean).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor(spec.source.scale).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.nhwc:
+            x = x.permute(0, 3, 1, 2)
+        if self.bgr:
+            x = x.flip(1)
+        return self.net((x - self.mean) / self.scale)
+
+
+def create_network(spec: ModelSpec) -> torch.nn.Module:
+    """gen-efficientnet's network with static 'same' padding.
+
+    With the default dynamic padding, OpenVINO's PyTorch frontend mis-converts the padding
+    arithmetic at sizes where a stride-2 input is odd (600x600: logits off by 4-60%); the
+    export variant computes the pads once, in Python, at the first forward pass.
+    """
+    _require_torch()
+    with geffnet.config.set_layer_config(exportable=True):
+        return geffnet.create_model(spec.source.architecture, pretrained=False)
+
+
+def load_weights(net: torch.nn.Module, path: Path, spec: ModelSpec) -> None:
+    """Load a state dict, mapping lukemelas-style keys (`_conv_stem`, `_blocks.N`) by order."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise UserError(f"weights file {path} is not a PyTorch checkpoint ({exc})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise UserError(f"weights file {path} holds no state dict")
+    target = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    given = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    if set(given) != set(target):
+        if len(given) != len(target) or not all(k.startswith("_") for k in given):
+            missing = sorted(set(target) - set(given))[:3]
+            raise UserError(f"weights file {path} does not fit {spec.source.architecture} "
+                            f"({len(given)} tensors, expected {len(target)}; missing e.g. "
+                            f"{missing})")
+        given = dict(zip(target, given.values(), strict=True))
+    for key, value in given.items():
+        if tuple(value.shape) != tuple(target[key].shape):
+            raise UserError(f"weights file {path} does not fit {spec.source.architecture}: "
+                            f"{key} has shape {tuple(value.shape)}, expected "
+                            f"{tuple(target[key].shape)}")
+    net.load_state_dict(given, strict=False)
+
+
+def calibration_batch(size: int) -> torch.Tensor:
+    """The bundled photos, squashed to size x size, bright and dark, normalised NCHW RGB."""
+    images = []
+    for path in sorted(PHOTOS.iterdir()):
+        image = Image.open(path).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        images.append(np.asarray(image, dtype=np.float32))
+    stack = np.stack(images + [im * DARK for im in images])
+    return torch.from_numpy(stack.transpose(0, 3, 1, 2).copy())
+
+
+def random_network(spec: ModelSpec, seed: int) -> torch.nn.Module:
+    """Seeded random weights whose logits depend on the picture.
+
+    Untrained BatchNorm statistics make B7's activations collapse so that every image gives
+    the same logits; re-estimating them on real photos (dark ones included) keeps the
+    activations in the range real weights produce.
+    """
+    _require_torch()
+    torch.manual_seed(seed)
+    net = create_network(spec)
+    mean = torch.tensor(spec.source.mean).view(1, 3, 1, 1)
+    scale = torch.tensor(spec.source.scale).view(1, 3, 1, 1)
+    batch = (calibration_batch(spec.input.height) - mean) / scale
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over all calibration batches
+    net.train()
+    with torch.no_grad():
+        for start in range(0, len(batch), 4):
+            net(batch[start:start + 4])
+    return net.eval()
+
+
+def pretrained_network(spec: ModelSpec, weights: Path) -> torch.nn.Module:
+    net = create_network(spec)
+    load_weights(net, weights, spec)
+    return net.eval()
+
+
+def to_openvino(spec: ModelSpec, net: torch.nn.Module, meta: dict) -> ov.Model:
+    wrapper = ContractInput(net, spec).eval()
+    example = torch.zeros(spec.input.shape)
+    with torch.no_grad():
+        wrapper(example)  # fixes the static 'same' pads at the contract's size
+        model = ov.convert_model(wrapper, example_input=example)
+    model.reshape(list(spec.input.shape))
+    model.inputs[0].get_tensor().set_names({spec.input.name})
+    model.inputs[0].get_node().set_friendly_name(spec.input.name)
+    model.inputs[0].get_node().set_layout(ov.Layout(spec.input.layout))
+    model.outputs[0].get_tensor().set_names({spec.output.name})
+    set_metadata(model, {
+        "model": spec.name,
+        "effnet_ray_version": __version__,
+        "input": {"layout": spec.input.layout, "color": spec.input.color},
+        **meta,
+    })
+    return model
+
+
+def save_ir(model: ov.Model, dest: Path) -> Path:
+    """Write model.xml/.bin into `dest`'s folder atomically: a crash leaves no half IR."""
+    dest.parent.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent.parent))
+    try:
+        ov.save_model(model, tmp / dest.name, compress_to_fp16=False)
+        if dest.parent.exists():
+            shutil.rmtree(dest.parent)
+        tmp.rename(dest.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def prepare(spec: ModelSpec, dest: Path, weights: Path | None = None,
+            random_seed: int | None = None) -> Path:
+    """Build the IR for `spec` at `dest` (…/model.xml) from verified weights or a seed."""
+    _require_torch()
+    if random_seed is None:
+        net = pretrained_network(spec, weights)
+        meta = {"random_weights": False, "weights_sha256": file_sha256(weights)}
+    else:
+        net = random_network(spec, random_seed)
+        meta = {"random_weights": True, "seed": random_seed, "weights_sha256": None}
+    save_ir(to_openvino(spec, net, meta), dest)
+    check_contract(read_ir(dest), spec, str(dest))
+    return dest

@@ -1,0 +1,125 @@
+"""OpenVINO inference in Ray actors: compile once, keep every stream busy, return rows.
+
+The compiled model takes the preprocessed uint8 NHWC RGB image as it travels through the
+object store; PrePostProcessor converts type, layout and colour order inside the graph, so
+nothing float32 crosses the wire and the conversion runs in OpenVINO's threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import openvino as ov
+import pyarrow as pa
+from openvino.preprocess import ColorFormat, PrePostProcessor
+
+from effnet_ray.ir import check_contract, read_ir
+from effnet_ray.registry import ModelSpec, get_spec, load_labels
+from effnet_ray.writing import result_table
+
+PRECISIONS = {"auto": None, "f32": "f32", "bf16": "bf16", "f16": "f16"}
+CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    model_path: str
+    model: str
+    device: str = "CPU"
+    precision: str = "auto"
+    top_k: int = 5
+    threads: int = 0
+    cache_dir: str | None = None
+
+
+def with_contract_input(model: ov.Model, spec: ModelSpec) -> ov.Model:
+    """Accept 1xHxWx3 uint8 RGB and convert to what the IR's contract says."""
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")) \
+        .set_color_format(ColorFormat.RGB)
+    ppp.input().preprocess().convert_element_type(ov.Type.f32)
+    if spec.input.color == "BGR":
+        ppp.input().preprocess().convert_color(ColorFormat.BGR)
+    ppp.input().model().set_layout(ov.Layout(spec.input.layout))
+    return ppp.build()
+
+
+def compile_settings(settings: InferenceSettings) -> dict:
+    config = {"PERFORMANCE_HINT": "THROUGHPUT"}
+    if PRECISIONS[settings.precision]:
+        config["INFERENCE_PRECISION_HINT"] = PRECISIONS[settings.precision]
+    if settings.threads:
+        config["INFERENCE_NUM_THREADS"] = settings.threads
+    return config
+
+
+def compile_model(settings: InferenceSettings, core: ov.Core | None = None) -> ov.CompiledModel:
+    core = core or ov.Core()
+    if settings.cache_dir:
+        core.set_property({"CACHE_DIR": settings.cache_dir})
+    spec = get_spec(settings.model)
+    model = read_ir(settings.model_path, core)
+    check_contract(model, spec, settings.model_path)
+    device = settings.device
+    config = compile_settings(settings)
+    if not device.startswith(("CPU", "GPU", "NPU")):
+        config.pop("INFERENCE_NUM_THREADS", None)
+    return core.compile_model(with_contract_input(model, spec), device, config)
+
+
+class _Countdown:
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self._cond = threading.Condition()
+
+    def done(self) -> None:
+        with self._cond:
+            self._count -= 1
+            if self._count == 0:
+                self._cond.notify_all()
+
+    def wait(self) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._count == 0)
+
+
+class Classifier:
+    """Ray Data callable class: one compiled model and one request queue per actor.
+
+    Several batches may be in the actor at once (Ray's concurrent calls); they share the
+    queue, so the device never idles while one batch is being turned into rows.
+    """
+
+    def __init__(self, settings: InferenceSettings) -> None:
+        self.settings = settings
+        self.spec = get_spec(settings.model)
+        self.labels = load_labels(self.spec.labels)
+        self.compiled = compile_model(settings)
+        self.queue = ov.AsyncInferQueue(self.compiled, 0)
+        self.queue.set_callback(self._finished)
+        self.submit_lock = threading.Lock()
+
+    @staticmethod
+    def _finished(request: ov.InferRequest, userdata: tuple) -> None:
+        logits, row, countdown = userdata
+        logits[row] = request.get_output_tensor(0).data[0]
+        countdown.done()
+
+    def infer(self, images: np.ndarray, todo: list[int]) -> np.ndarray:
+        logits = np.zeros((len(images), self.spec.output.classes), dtype=np.float32)
+        countdown = _Countdown(len(todo))
+        for row in todo:
+            with self.submit_lock:
+                self.queue.start_async({0: images[row:row + 1]}, (logits, row, countdown))
+        if todo:
+            countdown.wait()
+        return logits
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        errors = [e or None for e in batch["error"]]
+        todo = [i for i, e in enumerate(errors) if e is None]
+        logits = self.infer(batch["image"], todo)
+        return result_table(list(batch["path"]), self.spec.name, logits, errors, self.labels,
+                            self.settings.top_k)

@@ -1,0 +1,149 @@
+"""OpenVINO IR files: read them, check them against a contract, describe them.
+
+The IR carries its own provenance in rt_info under `effnet_ray` (model name, weights checksum,
+whether the weights are random), so a file found on disk says what it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from effnet_ray.errors import UserError
+from effnet_ray.registry import ModelSpec
+
+META_KEY = "effnet_ray"
+
+
+def read_ir(path: str | Path, core: ov.Core | None = None) -> ov.Model:
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise UserError(f"model file {path} is not an OpenVINO IR (.xml)")
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist")
+    if not path.with_suffix(".bin").is_file():
+        raise UserError(f"model file {path} has no weights file {path.with_suffix('.bin').name}")
+    try:
+        return (core or ov.Core()).read_model(path)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        raise UserError(f"model file {path} is corrupt or not an IR: {first}") from None
+
+
+def _names(port: ov.Output) -> set[str]:
+    return set(port.get_names())
+
+
+def check_contract(model: ov.Model, spec: ModelSpec, source: str) -> None:
+    """Refuse an IR whose tensors do not fit the contract, naming the first mismatch."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UserError(f"{source}: expected 1 input and 1 output for {spec.name}, found "
+                        f"{len(model.inputs)} and {len(model.outputs)}")
+    port, out = model.inputs[0], model.outputs[0]
+    if spec.input.name not in _names(port):
+        raise UserError(f"{source}: input is named {sorted(_names(port))}, "
+                        f"{spec.name} expects '{spec.input.name}'")
+    if port.get_partial_shape().is_dynamic:
+        raise UserError(f"{source}: input shape {port.get_partial_shape()} is dynamic, "
+                        f"{spec.name} expects {list(spec.input.shape)} ({spec.input.layout})")
+    shape = tuple(port.get_shape())
+    if shape != spec.input.shape:
+        raise UserError(f"{source}: input shape {list(shape)} does not match "
+                        f"{list(spec.input.shape)} ({spec.input.layout}) of {spec.name}")
+    if port.get_element_type() != ov.Type.f32:
+        raise UserError(f"{source}: input type {port.get_element_type()} is not f32")
+    if spec.output.name not in _names(out):
+        raise UserError(f"{source}: output is named {sorted(_names(out))}, "
+                        f"{spec.name} expects '{spec.output.name}'")
+    out_shape = out.get_partial_shape()
+    if out_shape.is_dynamic or tuple(out.get_shape()) != (1, spec.output.classes):
+        raise UserError(f"{source}: output shape {out_shape} is not [1,{spec.output.classes}]")
+    meta = metadata(model)
+    if meta.get("model") not in (None, spec.name):
+        raise UserError(f"{source}: this IR was prepared for {meta['model']}, not {spec.name}")
+
+
+def metadata(model: ov.Model) -> dict:
+    if not model.has_rt_info([META_KEY, "json"]):
+        return {}
+    return json.loads(model.get_rt_info([META_KEY, "json"]).astype(str))
+
+
+def set_metadata(model: ov.Model, meta: dict) -> None:
+    model.set_rt_info(json.dumps(meta, sort_keys=True), [META_KEY, "json"])
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ir_checksum(xml_path: str | Path) -> str:
+    """One digest for the pair of files, so a manifest can pin the exact model."""
+    xml_path = Path(xml_path)
+    return hashlib.sha256(
+        (file_sha256(xml_path) + file_sha256(xml_path.with_suffix(".bin"))).encode()
+    ).hexdigest()
+
+
+def complexity(model: ov.Model) -> tuple[int, int]:
+    """(parameters, FLOPs) the way model cards count them.
+
+    Parameters: elements of the floating-point constants that feed a computation (weights,
+    biases, folded BatchNorm scales). FLOPs: 2 per multiply-accumulate of convolutions and
+    matrix products, plus one per output element of elementwise arithmetic.
+    """
+    params = 0
+    flops = 0
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "Constant":
+            if op.get_output_element_type(0).is_real() and _feeds_arithmetic(op):
+                params += int(np.prod(op.get_output_shape(0), dtype=np.int64))
+        elif kind in ("Convolution", "GroupConvolution"):
+            out = op.get_output_shape(0)
+            weights = op.input(1).get_shape()
+            per_output = int(np.prod(weights[-2:])) * (
+                weights[2] if kind == "GroupConvolution" else weights[1])
+            flops += 2 * int(np.prod(out, dtype=np.int64)) * per_output
+        elif kind == "MatMul":
+            a = op.input(0).get_shape()
+            transpose_a = op.get_attributes().get("transpose_a", False)
+            k = a[-2] if transpose_a else a[-1]
+            flops += 2 * int(np.prod(op.get_output_shape(0), dtype=np.int64)) * k
+        elif kind in ("Add", "Multiply", "Subtract", "Divide", "Sigmoid", "Swish", "Clamp",
+                      "ReduceMean", "Relu", "HSwish"):
+            flops += int(np.prod(op.get_output_shape(0), dtype=np.int64))
+    return params, flops
+
+
+def _feeds_arithmetic(const: ov.Node) -> bool:
+    arithmetic = {"Convolution", "GroupConvolution", "MatMul", "Add", "Multiply", "Subtract"}
+    for target in const.output(0).get_target_inputs():
+        node = target.get_node()
+        if node.get_type_name() == "Convert":  # compressed weights are decompressed first
+            return _feeds_arithmetic(node)
+        if node.get_type_name() in arithmetic:
+            return True
+    return False
+
+
+def default_cache_dir() -> Path:
+    """$EFFNET_RAY_CACHE, else $XDG_CACHE_HOME/effnet-ray, else ~/.cache/effnet-ray."""
+    if os.environ.get("EFFNET_RAY_CACHE"):
+        return Path(os.environ["EFFNET_RAY_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "effnet-ray"
+
+
+def prepared_path(cache: Path, name: str, random_seed: int | None = None) -> Path:
+    folder = name if random_seed is None else f"{name}-random-seed{random_seed}"
+    return cache / "models" / folder / "model.xml"

@@ -1,0 +1,56 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = ROOT / "effnet_ray" / "data" / "photos"
+CLI = [sys.executable, "-m", "effnet_ray.cli"]
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def run_cli(*args, env=None, timeout=900):
+    """Run effnet-ray as users do: a separate process, exit code and stderr kept."""
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def odd_photos(tmp_path_factory):
+    """Real photos in the sizes and modes that break naive preprocessing."""
+    folder = tmp_path_factory.mktemp("odd")
+    chelsea = Image.open(PHOTOS / "chelsea.jpg")
+    rocket = Image.open(PHOTOS / "rocket.jpg")
+    hubble = Image.open(PHOTOS / "hubble_deep_field.jpg")
+    astronaut = Image.open(PHOTOS / "astronaut.png")
+    made = {
+        "wide.jpg": hubble.crop((0, 200, 1000, 533)),
+        "tall.jpg": rocket.transpose(Image.Transpose.ROTATE_90),
+        "small.png": chelsea,  # 451x300: smaller than 600 on both sides
+        "gray.png": Image.open(PHOTOS / "camera.png"),
+        "rgba.png": Image.open(PHOTOS / "logo.png"),
+        # 602x400: the 632-resize leaves a margin of 351, where round-half-even and floor
+        # place the crop one pixel apart
+        "odd602.png": astronaut.crop((0, 0, 512, 400)).resize((602, 400)),
+        "palette.gif": chelsea.convert("P"),
+        "tiny.png": chelsea.crop((200, 100, 229, 137)),
+    }
+    for name, image in made.items():
+        image.save(folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lite0_ir(cache_dir):
+    result = run_cli("models", "prepare", "efficientnet-lite0", "--cache-dir", cache_dir)
+    assert result.returncode == 0, result.stderr
+    return cache_dir / "models" / "efficientnet-lite0" / "model.xml"
