@@ -92,7 +92,10 @@ def prepare_model(name: str, cache: Path, weights: Path | None = None,
     spec = get_spec(name)
     dest = prepared_path(cache, name, random_seed)
     if dest.is_file() and not force:
-        check_contract(read_ir(dest), spec, str(dest))
+        try:
+            check_contract(read_ir(dest), spec, str(dest))
+        except UserError as exc:
+            raise UserError(f"{exc} (rebuild it with --force)") from None
         return dest
     if random_seed is None:
         weights = resolve_weights(spec, cache, weights, weights_url, verify)

@@ -17,6 +17,7 @@ from PIL import Image
 from effnet_ray import __version__
 from effnet_ray.errors import UserError
 from effnet_ray.ir import check_contract, file_sha256, read_ir, set_metadata
+from effnet_ray.listing import IMAGE_EXTENSIONS
 from effnet_ray.registry import ModelSpec
 
 try:
@@ -95,7 +96,7 @@ def load_weights(net: torch.nn.Module, path: Path, spec: ModelSpec) -> None:
 def calibration_batch(size: int) -> torch.Tensor:
     """The bundled photos, squashed to size x size, bright and dark, normalised NCHW RGB."""
     images = []
-    for path in sorted(PHOTOS.iterdir()):
+    for path in sorted(p for p in PHOTOS.iterdir() if p.suffix in IMAGE_EXTENSIONS):
         image = Image.open(path).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
         images.append(np.asarray(image, dtype=np.float32))
     stack = np.stack(images + [im * DARK for im in images])
@@ -103,11 +104,14 @@ def calibration_batch(size: int) -> torch.Tensor:
 
 
 def random_network(spec: ModelSpec, seed: int) -> torch.nn.Module:
-    """Seeded random weights whose logits depend on the picture.
+    """Seeded random weights whose logits depend on the picture and are well conditioned.
 
     Untrained BatchNorm statistics make B7's activations collapse so that every image gives
-    the same logits; re-estimating them on real photos (dark ones included) keeps the
-    activations in the range real weights produce.
+    the same logits. The statistics are re-estimated on the bundled photos, dark copies
+    included, in one batch: averaging per-batch variances instead underestimates the spread
+    between batches, and over 55 blocks that error makes some photos' logits explode (1e5)
+    and turn chaotic (f32 and f64 disagree by 60%). With one batch, f32 stays within 2e-5 of
+    f64 on real photos.
     """
     _require_torch()
     torch.manual_seed(seed)
@@ -118,11 +122,10 @@ def random_network(spec: ModelSpec, seed: int) -> torch.nn.Module:
     for module in net.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
-            module.momentum = None  # cumulative average over all calibration batches
+            module.momentum = None
     net.train()
     with torch.no_grad():
-        for start in range(0, len(batch), 4):
-            net(batch[start:start + 4])
+        net(batch)
     return net.eval()
 
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import openvino as ov
@@ -28,11 +29,26 @@ def read_ir(path: str | Path, core: ov.Core | None = None) -> ov.Model:
         raise UserError(f"model file {path} does not exist")
     if not path.with_suffix(".bin").is_file():
         raise UserError(f"model file {path} has no weights file {path.with_suffix('.bin').name}")
+    _check_xml(path)
     try:
         return (core or ov.Core()).read_model(path)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-        raise UserError(f"model file {path} is corrupt or not an IR: {first}") from None
+        lines = [ln for ln in str(exc).splitlines() if ln.strip() and "Exception from" not in ln]
+        reason = lines[-1].strip() if lines else "unreadable"
+        raise UserError(f"model file {path} is corrupt: {reason}") from None
+
+
+def _check_xml(path: Path) -> None:
+    """Refuse a file that is not well-formed IR XML before OpenVINO tries every frontend."""
+    try:
+        for _, element in ElementTree.iterparse(path, events=("start",)):
+            if element.tag != "net":
+                raise UserError(f"model file {path} is not an OpenVINO IR (root <{element.tag}>)")
+            break
+        for _ in ElementTree.iterparse(path):
+            pass
+    except ElementTree.ParseError as exc:
+        raise UserError(f"model file {path} is corrupt: {exc}") from None
 
 
 def _names(port: ov.Output) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import sys
 import urllib.error
@@ -43,12 +44,15 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 30.0,
                     done += len(block)
                     if progress:
                         _show(dest.name, done, total)
+            if total is not None and done < total:
+                raise UserError(f"download of {url} stopped at {done} of {total} bytes "
+                                "(rerun to resume)")
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and done:  # already complete
             pass
         else:
             raise UserError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(f"cannot download {url}: {reason} (rerun to resume, or pass --weights FILE)"
                         ) from None

@@ -54,3 +54,27 @@ def lite0_ir(cache_dir):
     result = run_cli("models", "prepare", "efficientnet-lite0", "--cache-dir", cache_dir)
     assert result.returncode == 0, result.stderr
     return cache_dir / "models" / "efficientnet-lite0" / "model.xml"
+
+
+B7_SEEDS = ("efficientnet-b7-pytorch", "efficientnet-b7_auto_aug")
+
+
+@pytest.fixture(scope="session")
+def b7_irs(cache_dir):
+    """Both seed models as `models prepare --random-weights` writes them."""
+    paths = {}
+    for name in B7_SEEDS:
+        result = run_cli("models", "prepare", name, "--random-weights", "--seed", "0",
+                         "--cache-dir", cache_dir)
+        assert result.returncode == 0, result.stderr
+        paths[name] = cache_dir / "models" / f"{name}-random-seed0" / "model.xml"
+    return paths
+
+
+@pytest.fixture(scope="session")
+def b7_net():
+    """The PyTorch source of both random-weights IRs (same seed, same calibration)."""
+    from effnet_ray.convert import random_network
+    from effnet_ray.registry import get_spec
+
+    return random_network(get_spec("efficientnet-b7-pytorch"), seed=0)
