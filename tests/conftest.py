@@ -19,6 +19,16 @@ def run_cli(*args, env=None, timeout=900):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def one_line_error(result, *fragments):
+    """Non-zero exit, no traceback, the error on one line (progress output may precede it)."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and errors[0].startswith("effnet-ray: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")

@@ -15,7 +15,7 @@ from effnet_ray.errors import UserError
 from effnet_ray.ir import metadata
 from effnet_ray.registry import get_spec
 from effnet_ray.weights import download, packaged_weights
-from tests.conftest import PHOTOS, run_cli
+from tests.conftest import PHOTOS, one_line_error, run_cli
 from tests.reference import omz_preprocess, rel_l2, to_ir_input
 
 # Measured f32 disagreement between PyTorch and OpenVINO on these networks is 1e-6 to 5e-6
@@ -70,16 +70,6 @@ def test_prepare_is_idempotent(lite0_ir, cache_dir):
     result = run_cli("models", "prepare", "efficientnet-lite0", "--cache-dir", cache_dir)
     assert result.returncode == 0, result.stderr
     assert os.stat(lite0_ir).st_mtime_ns == before
-
-
-def one_line_error(result, *fragments):
-    """Non-zero exit, no traceback, the error on one line (progress output may precede it)."""
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    errors = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()]
-    assert len(errors) == 1 and errors[0].startswith("effnet-ray: error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def test_unknown_model_name(tmp_path):
