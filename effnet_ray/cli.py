@@ -30,7 +30,7 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actors", type=int, help="OpenVINO actors (default 1)")
     p.add_argument("--actor-cpus", type=float, help="logical CPUs each actor reserves")
     p.add_argument("--threads", type=int, help="OpenVINO threads per actor (0: all cores)")
-    p.add_argument("--unit-size", type=int, help="images per read task (default 64)")
+    p.add_argument("--unit-size", type=int, help="images per read task (default 16)")
     p.add_argument("--address", help="an existing Ray cluster (default: start a local Ray)")
     p.add_argument("--cache-dir", help="prepared models and compiled blobs")
     p.add_argument("--overwrite", action="store_true", default=None,

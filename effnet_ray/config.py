@@ -36,7 +36,7 @@ class LabelConfig:
     actors: int = 1
     actor_cpus: float = 1.0
     threads: int = 0
-    unit_size: int = 64
+    unit_size: int = 16
     address: str | None = None
     cache_dir: str = ""
     overwrite: bool = False

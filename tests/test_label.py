@@ -187,3 +187,13 @@ def test_existing_results_need_overwrite(lite0_ir, tmp_path):
     one_line_error(run_cli(*args), "already holds results", "--overwrite")
     assert run_cli(*args, "--overwrite").returncode == 0
     assert read_output(tmp_path / "out").num_rows == 1
+
+
+def test_demo_labels_the_cat_and_the_coffee(tmp_path):
+    result = run_cli("demo", "--output", tmp_path / "demo", "--cache-dir", tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    rows = {r["path"].rsplit("/", 1)[1]: r
+            for r in read_output(tmp_path / "demo").to_pylist()}
+    assert 281 <= rows["chelsea.jpg"]["class_id"] <= 285
+    assert rows["coffee.jpg"]["class_id"] in (967, 968)
+    assert "chelsea.jpg" in result.stdout and "espresso" in result.stdout
