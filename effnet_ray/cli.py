@@ -35,6 +35,15 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="prepared models and compiled blobs")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the results already in --output")
+    p.add_argument("--layout", help="auto (by extension), files, webdataset or parquet")
+    p.add_argument("--image-column", help="Parquet inputs: the image bytes column (image)")
+    p.add_argument("--id-column", help="Parquet inputs: the id column (id; else row number)")
+    p.add_argument("--storage-options", metavar="JSON",
+                   help="extra fsspec options for remote stores (never logged)")
+    p.add_argument("--max-pixels", type=int,
+                   help="larger images are refused before decoding (89478485)")
+    p.add_argument("--fail-on-error", action="store_true", default=None,
+                   help="exit 1 when any image could not be labelled")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +127,11 @@ def label(args: argparse.Namespace) -> None:
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "inputs", "output")}
     cfg = build_label_config(args.inputs, args.output, **options)
-    print(run(cfg))
+    summary = run(cfg)
+    print(summary)
+    if cfg.fail_on_error and summary.errors:
+        raise UserError(f"{summary.errors} images could not be labelled (--fail-on-error); "
+                        "their reasons are in the error column")
 
 
 def demo(args: argparse.Namespace) -> None:

@@ -6,8 +6,8 @@ one line on stderr and no cluster time. Defaults live only in this file.
 
 from __future__ import annotations
 
+import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +16,10 @@ import openvino as ov
 from effnet_ray.errors import UserError
 from effnet_ray.inference import CAPABILITY, PRECISIONS
 from effnet_ray.ir import check_contract, default_cache_dir, metadata, prepared_path, read_ir
-from effnet_ray.listing import check_inputs
+from effnet_ray.listing import LAYOUTS, check_inputs
+from effnet_ray.preprocessing import MAX_PIXELS
 from effnet_ray.registry import get_spec
+from effnet_ray.storage import READ_ONLY, display, named_errors, open_fs
 
 DEFAULT_MODEL = "efficientnet-b7-pytorch"
 _DEVICE = re.compile(r"^(CPU|(GPU|NPU)(\.\d+)?|(AUTO|MULTI|HETERO)(:[A-Z0-9.,]+)?)$")
@@ -40,6 +42,13 @@ class LabelConfig:
     address: str | None = None
     cache_dir: str = ""
     overwrite: bool = False
+    layout: str = "auto"
+    image_column: str = "image"
+    id_column: str = "id"
+    max_pixels: int = MAX_PIXELS
+    fail_on_error: bool = False
+    # repr=False: credentials may be in here and must never reach a log line
+    storage_options: dict = field(default_factory=dict, repr=False)
     random_weights: bool = field(default=False, compare=False)
 
 
@@ -66,29 +75,47 @@ def _check_device(device: str, precision: str, local: bool) -> None:
                             f"(it supports {', '.join(caps)}); use --precision auto or f32")
 
 
-def _check_output(output: str, overwrite: bool) -> None:
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {output} exists and is not a folder")
-    if out.is_dir() and any(out.glob("*.parquet")):
-        if not overwrite:
+def _check_output(output: str, overwrite: bool, options: dict) -> str:
+    """The output's display name, once it is known to be a writable folder."""
+    fs, path = open_fs(output, options)
+    if fs.protocol[0] in READ_ONLY or fs.protocol in READ_ONLY:
+        raise UserError(f"output {output}: http(s) stores are read-only")
+    with named_errors(output):
+        if fs.isfile(path):
+            raise UserError(f"output {output} exists and is not a folder")
+        if fs.glob(f"{path.rstrip('/')}/*.parquet") and not overwrite:
             raise UserError(f"output {output} already holds results; pass --overwrite to "
                             "replace them")
+    probe = f"{path.rstrip('/')}/.effnet-ray-write-probe"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".effnet-ray-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"output {output} is not writable ({exc.strerror or exc})") from None
+        fs.makedirs(path, exist_ok=True)
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except Exception as exc:  # any store's refusal, named without its credentials
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise UserError(f"output {output} is not writable ({reason})") from None
+    return display(fs, path)
 
 
-def clear_output(output: str) -> None:
-    for path in Path(output).iterdir():
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+def clear_output(output: str, options: dict) -> None:
+    fs, path = open_fs(output, options)
+    with named_errors(output):
+        for entry in fs.ls(path, detail=False):
+            fs.rm(entry, recursive=True)
+
+
+def parse_storage_options(text: str | dict | None) -> dict:
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        return text
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--storage-options is not valid JSON ({exc.msg})") from None
+    if not isinstance(options, dict):
+        raise UserError("--storage-options must be a JSON object")
+    return options
 
 
 def _positive(name: str, value: float) -> None:
@@ -104,10 +131,12 @@ def build_label_config(inputs: list[str] | tuple[str, ...], output: str, **optio
     if unknown:
         raise UserError(f"unknown option(s): {', '.join(sorted(unknown))}")
     options = {k: v for k, v in options.items() if v is not None}
+    options["storage_options"] = parse_storage_options(options.get("storage_options"))
     cfg = LabelConfig(inputs=tuple(str(i) for i in inputs), output=str(output), **options)
     spec = get_spec(cfg.model)
-    check_inputs(list(cfg.inputs))
-    for name in ("batch_size", "actors", "actor_cpus", "unit_size"):
+    if cfg.layout not in LAYOUTS:
+        raise UserError(f"unknown layout '{cfg.layout}' (use {', '.join(LAYOUTS)})")
+    for name in ("batch_size", "actors", "actor_cpus", "unit_size", "max_pixels"):
         _positive(name, getattr(cfg, name))
     if not 1 <= cfg.top_k <= spec.output.classes:
         raise UserError(f"--top-k must be between 1 and {spec.output.classes}, not {cfg.top_k}")
@@ -124,11 +153,12 @@ def build_label_config(inputs: list[str] | tuple[str, ...], output: str, **optio
                             f"`effnet-ray models prepare {cfg.model}` or pass --model-path")
     model = read_ir(model_path)
     check_contract(model, spec, str(model_path))
-    _check_output(cfg.output, cfg.overwrite)
+    check_inputs(cfg.inputs, cfg.storage_options)
+    output = _check_output(cfg.output, cfg.overwrite, cfg.storage_options)
     return LabelConfig(**{
         **cfg.__dict__,
         "model_path": str(model_path),
         "cache_dir": str(cache),
-        "output": str(Path(cfg.output).resolve()),
+        "output": output,
         "random_weights": bool(metadata(model).get("random_weights")),
     })

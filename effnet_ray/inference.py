@@ -122,4 +122,5 @@ class Classifier:
         todo = [i for i, e in enumerate(errors) if e is None]
         logits = self.infer(batch["image"], todo)
         return result_table(list(batch["path"]), self.spec.name, logits, errors, self.labels,
-                            self.settings.top_k)
+                            self.settings.top_k, [v or None for v in batch["source_label"]],
+                            [v or None for v in batch["source_metadata"]])

@@ -17,12 +17,16 @@ import ray
 from effnet_ray.config import LabelConfig, clear_output
 from effnet_ray.errors import UserError
 from effnet_ray.inference import Classifier, InferenceSettings
-from effnet_ray.listing import list_images, work_units
-from effnet_ray.reading import read_and_preprocess
+from effnet_ray.listing import list_sources, work_units
+from effnet_ray.reading import ReadOptions, check_parquet_columns, read_units
+from effnet_ray.storage import named_errors, open_fs, pyarrow_fs
 
 # Batches an actor holds at once: one being inferred while the next is unpacked, so the
 # request queue never runs dry between batches.
 CONCURRENT_CALLS = 2
+# One block per unit would cost Ray ~2 ms a block (62,500 units of a million images: 2 min
+# before the first image); 1,000 blocks keep a big cluster's decoders busy and take seconds.
+MAX_READ_BLOCKS = 1000
 # Enough for the largest image decoding accepts (MAX_PIXELS RGB) plus its resized copy.
 DECODE_MEMORY = 512 * 2**20
 
@@ -60,18 +64,24 @@ def _start_ray(address: str | None) -> bool:
     return True
 
 
-def build_dataset(cfg: LabelConfig, paths: list[str]) -> ray.data.Dataset:
-    units = work_units(paths, cfg.unit_size)
+def read_options(cfg: LabelConfig) -> ReadOptions:
+    return ReadOptions(model=cfg.model, storage_options=cfg.storage_options,
+                       image_column=cfg.image_column, id_column=cfg.id_column,
+                       max_pixels=cfg.max_pixels)
+
+
+def build_dataset(cfg: LabelConfig, units: list[tuple[str, list[str]]]) -> ray.data.Dataset:
     settings = InferenceSettings(
         model_path=cfg.model_path, model=cfg.model, device=cfg.device,
         precision=cfg.precision, top_k=cfg.top_k, threads=cfg.threads,
         cache_dir=os.path.join(cfg.cache_dir, "compiled"),
     )
-    ds = ray.data.from_items([{"paths": u} for u in units], override_num_blocks=len(units))
+    ds = ray.data.from_items([{"kind": kind, "uris": uris} for kind, uris in units],
+                             override_num_blocks=min(len(units), MAX_READ_BLOCKS))
     # The memory reservation bounds decoding per node and, being unlike the actors'
     # arguments, keeps Ray Data from fusing decoding into the actors, where it would stall
     # inference.
-    ds = ds.map_batches(read_and_preprocess, fn_kwargs={"model": cfg.model}, batch_size=1,
+    ds = ds.map_batches(read_units, fn_kwargs={"options": read_options(cfg)}, batch_size=1,
                         num_cpus=1, memory=DECODE_MEMORY, batch_format="numpy")
     return ds.map_batches(
         Classifier,
@@ -88,29 +98,39 @@ def build_dataset(cfg: LabelConfig, paths: list[str]) -> ray.data.Dataset:
     )
 
 
-def count_rows(output: str) -> tuple[int, int]:
-    table = pads.dataset(output, format="parquet").to_table(columns=["error"])
-    errors = table.column("error").null_count
-    return table.num_rows, table.num_rows - errors
+def count_rows(cfg: LabelConfig) -> tuple[int, int]:
+    """(rows, rows with an error), read back from what was written."""
+    fs, path = open_fs(cfg.output, cfg.storage_options)
+    with named_errors(cfg.output):
+        table = pads.dataset(path, filesystem=pyarrow_fs(fs), format="parquet").to_table(
+            columns=["error"])
+    return table.num_rows, table.num_rows - table.column("error").null_count
 
 
 def run(cfg: LabelConfig) -> Summary:
     if cfg.random_weights:
         print(f"warning: {cfg.model_path} has random weights: its labels mean nothing",
               file=sys.stderr)
-    paths = list_images(list(cfg.inputs))
-    if not paths:
-        raise UserError(f"no images found in {', '.join(cfg.inputs)}")
-    if cfg.overwrite:
-        clear_output(cfg.output)
     started = time.time()
+    units = list(work_units(list_sources(cfg.inputs, cfg.layout, cfg.storage_options),
+                            cfg.unit_size))
+    if not units:
+        raise UserError(f"no images found in {', '.join(cfg.inputs)}")
+    first_parquet = next((uris[0] for kind, uris in units if kind == "parquet"), None)
+    if first_parquet:
+        check_parquet_columns(first_parquet, read_options(cfg))
+    print(f"listed {sum(len(u) for _, u in units)} sources in {len(units)} work units "
+          f"({time.time() - started:.1f} s)", file=sys.stderr)
+    if cfg.overwrite:
+        clear_output(cfg.output, cfg.storage_options)
     owns_ray = _start_ray(cfg.address)
+    fs, path = open_fs(cfg.output, cfg.storage_options)
     try:
-        build_dataset(cfg, paths).write_parquet(cfg.output)
+        build_dataset(cfg, units).write_parquet(path, filesystem=pyarrow_fs(fs))
     finally:
         if owns_ray:
             ray.shutdown()
     wall = time.time() - started
-    rows, errors = count_rows(cfg.output)
+    rows, errors = count_rows(cfg)
     return Summary(images=rows, labelled=rows - errors, errors=errors, wall_seconds=wall,
                    output=cfg.output)

@@ -1,21 +1,30 @@
-"""Inputs -> the list of images to label, grouped into work units.
+"""Inputs -> sources (image files, WebDataset tar shards, Parquet shards) -> work units.
 
-Files with an image extension are always taken (a broken one becomes an error row); other
-files in a folder are taken only when their first bytes are those of an image format.
-A file named explicitly is always taken.
+Listing runs once, in the driver, before Ray starts. A unit is what one read task handles:
+`UNIT_SIZE` image files, or one shard. So a million small files become ~62,500 tasks, not a
+million, and a shard is streamed by the one task that reads it.
+
+Layouts are detected per file by extension (`.tar` -> WebDataset, `.parquet` -> Parquet,
+anything else -> an image file) unless `--layout` forces one. In folders, files without an
+image extension are taken only when their first bytes are those of an image format; a file
+named explicitly is always taken (a broken one becomes an error row).
 """
 
 from __future__ import annotations
 
-import glob as globmod
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
+from effnet_ray.storage import display, named_errors, open_fs
 
+LAYOUTS = ("auto", "files", "webdataset", "parquet")
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff",
 })
+SHARD_KINDS = {".tar": "webdataset", ".parquet": "parquet"}
 _MAGIC = (
     b"\xff\xd8\xff",  # JPEG
     b"\x89PNG\r\n\x1a\n",
@@ -27,57 +36,99 @@ _MAGIC = (
 )
 
 
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "files", "webdataset" or "parquet"
+    uri: str
+
+
 def looks_like_image(head: bytes) -> bool:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return True
     return head.startswith(_MAGIC)
 
 
-def _sniff(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return looks_like_image(f.read(16))
-    except OSError:
-        return False
+def suffix(path: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    return "." + name.rsplit(".", 1)[1].lower() if "." in name else ""
 
 
 def is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def _from_folder(folder: Path) -> Iterator[str]:
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.suffix.lower() in IMAGE_EXTENSIONS or _sniff(path):
-            yield str(path)
+def _classify(fs: AbstractFileSystem, path: str, layout: str, explicit: bool) -> str | None:
+    if layout != "auto":
+        return layout
+    ext = suffix(path)
+    if ext in SHARD_KINDS:
+        return SHARD_KINDS[ext]
+    if explicit or ext in IMAGE_EXTENSIONS:
+        return "files"
+    try:
+        with fs.open(path, "rb") as f:
+            return "files" if looks_like_image(f.read(16)) else None
+    except OSError:
+        return None
 
 
-def check_inputs(inputs: list[str]) -> None:
-    """Fail before any work when an input names nothing."""
+def _matches(fs: AbstractFileSystem, path: str, item: str) -> list[tuple[str, bool]]:
+    """(file, named explicitly) pairs for one input."""
+    if is_glob(item):
+        found = sorted(fs.glob(path))
+        if not found:
+            raise UserError(f"input pattern {item} matches nothing")
+        files = []
+        for p in found:
+            files += [(f, False) for f in sorted(fs.find(p))] if fs.isdir(p) else [(p, True)]
+        return files
+    if fs.isdir(path):
+        return [(f, False) for f in sorted(fs.find(path))]
+    if fs.isfile(path):
+        return [(path, True)]
+    raise UserError(f"input {item} does not exist")
+
+
+def check_inputs(inputs: Iterable[str], options: dict | None = None) -> None:
+    """Fail before any work when an input names nothing or its store cannot be reached."""
+    inputs = list(inputs)
     if not inputs:
         raise UserError("no input given")
     for item in inputs:
-        if is_glob(item):
-            if not globmod.glob(item, recursive=True):
-                raise UserError(f"input pattern {item} matches nothing")
-        elif not Path(item).exists():
-            raise UserError(f"input {item} does not exist")
+        fs, path = open_fs(item, options)
+        with named_errors(item):
+            if is_glob(item):
+                if not fs.glob(path):
+                    raise UserError(f"input pattern {item} matches nothing")
+            elif not fs.exists(path):
+                raise UserError(f"input {item} does not exist")
 
 
-def list_images(inputs: list[str]) -> list[str]:
-    """Absolute paths of every image, each once, in a stable order."""
-    seen: dict[str, None] = {}
+def list_sources(inputs: Iterable[str], layout: str = "auto",
+                 options: dict | None = None) -> Iterator[Source]:
+    """Every source once, in a stable order (inputs in the given order, files sorted)."""
+    seen: set[str] = set()
     for item in inputs:
-        if is_glob(item):
-            matches = [Path(p) for p in sorted(globmod.glob(item, recursive=True))]
+        fs, path = open_fs(item, options)
+        with named_errors(item):
+            for file, explicit in _matches(fs, path, item):
+                kind = _classify(fs, file, layout, explicit)
+                uri = display(fs, file)
+                if kind and uri not in seen:
+                    seen.add(uri)
+                    yield Source(kind, uri)
+
+
+def work_units(sources: Iterable[Source], unit_size: int) -> Iterator[tuple[str, list[str]]]:
+    """(kind, uris): image files grouped by `unit_size`, each shard on its own."""
+    pending: list[str] = []
+    for source in sources:
+        if source.kind == "files":
+            pending.append(source.uri)
+            if len(pending) == unit_size:
+                yield "files", pending
+                pending = []
         else:
-            matches = [Path(item)]
-        for path in matches:
-            if path.is_dir():
-                seen.update(dict.fromkeys(_from_folder(path.resolve())))
-            elif path.is_file():
-                seen[str(path.resolve())] = None
-    return list(seen)
-
-
-def work_units(paths: list[str], unit_size: int) -> list[list[str]]:
-    return [paths[i:i + unit_size] for i in range(0, len(paths), unit_size)]
+            yield source.kind, [source.uri]
+    if pending:
+        yield "files", pending

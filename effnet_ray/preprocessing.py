@@ -8,15 +8,19 @@ uint8 RGB; layout, colour order and float conversion happen inside the compiled 
 from __future__ import annotations
 
 import io
-import warnings
+import struct
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from effnet_ray.registry import ModelSpec, Step
 
-# Larger images are refused before their pixels are decoded (Pillow reads only the header).
-MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+# Larger images are refused before their pixels are decoded (Pillow reads only the header);
+# the limit is ours, so Pillow's own global one is turned off.
+MAX_PIXELS = 89_478_485  # Pillow's default decompression-bomb threshold, about 9459x9459
+Image.MAX_IMAGE_PIXELS = None
+_SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+_CONVERTIBLE = {"1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr"}
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -30,34 +34,39 @@ class ImageError(Exception):
 
 
 def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode to RGB, upright as the camera's EXIF orientation says.
+    """Decode to 8-bit RGB, upright as the camera's EXIF orientation says.
 
-    Orientation is applied because a sideways photo costs accuracy; OMZ's OpenCV reader does
-    the same (its Pillow reader does not, which matters only for photos carrying the tag).
-    Alpha is dropped, not composited, as `Image.convert('RGB')` in OMZ's reader does.
+    The pixel count is checked on the header, before any pixel is decoded, so a
+    decompression bomb costs nothing. Orientation is applied because a sideways photo costs
+    accuracy; OMZ's OpenCV reader does the same (its Pillow reader does not, which matters
+    only for photos carrying the tag). Animated images give their first frame. Alpha is
+    dropped, not composited, as `Image.convert('RGB')` in OMZ's reader does.
     """
     if not data:
         raise ImageError("empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(f"too many pixels ({width}x{height} > {max_pixels})")
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageError(f"too many pixels ({width}x{height} > {max_pixels})")
+        image.load()
+        return _to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise
     except Image.UnidentifiedImageError:
         raise ImageError("not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("too many pixels (decompression bomb)") from None
-    except OSError as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise ImageError(f"undecodable image ({exc})") from None
-    except (ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"undecodable image ({exc})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit images are scaled to 8 bits (Pillow's own conversion would clip them white)."""
+    if image.mode in _SIXTEEN_BIT:
+        wide = np.asarray(image, dtype=np.uint32)
+        image = Image.fromarray((np.minimum(wide, 65535) // 257).astype(np.uint8), "L")
+    if image.mode not in _CONVERTIBLE:
+        raise ImageError(f"unsupported mode {image.mode}")
+    return image.convert("RGB")
 
 
 def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:

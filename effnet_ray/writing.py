@@ -17,6 +17,8 @@ def output_schema(classes: int) -> pa.Schema:
         ("top_k_probs", pa.list_(pa.float32())),
         ("logits", pa.list_(pa.float32(), classes)),
         ("error", pa.string()),
+        ("source_label", pa.string()),
+        ("source_metadata", pa.string()),
     ])
 
 
@@ -30,8 +32,13 @@ def softmax_top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def result_table(paths: list[str], model: str, logits: np.ndarray, errors: list[str | None],
-                 labels: tuple[str, ...], k: int) -> pa.Table:
-    """Rows with `error` set carry nulls in every model column."""
+                 labels: tuple[str, ...], k: int, source_labels: list[str | None],
+                 source_metadata: list[str | None]) -> pa.Table:
+    """Rows with `error` set carry nulls in every model column.
+
+    `source_label`/`source_metadata` carry what a WebDataset sample brought along (.cls or
+    .txt, .json); they are null for plain image files.
+    """
     ok = np.array([e is None for e in errors], dtype=bool)
     ids, probs = softmax_top_k(logits, k)
     n, classes = logits.shape
@@ -54,5 +61,7 @@ def result_table(paths: list[str], model: str, logits: np.ndarray, errors: list[
             pa.array(np.ascontiguousarray(logits, dtype=np.float32).ravel()), classes,
             mask=pa.array(~ok)),
         "error": pa.array(errors, pa.string()),
+        "source_label": pa.array(source_labels, pa.string()),
+        "source_metadata": pa.array(source_metadata, pa.string()),
     }
     return pa.Table.from_pydict(columns, schema=output_schema(classes))

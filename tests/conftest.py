@@ -88,3 +88,54 @@ def b7_net():
     from effnet_ray.registry import get_spec
 
     return random_network(get_spec("efficientnet-b7-pytorch"), seed=0)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_moto(extra_env=None):
+    import socket
+    import time
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **(extra_env or {})})
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+S3_SECRET = "secret-effnet-9f8e7d6c5b4a"
+
+
+@pytest.fixture(scope="session")
+def s3_env():
+    """A real S3 API server on loopback (moto_server), with the variables a user would set."""
+    proc, port = _start_moto()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "effnetkey",
+           "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+    yield env
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def s3(s3_env):
+    import s3fs
+
+    return s3fs.S3FileSystem(endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+                             key=s3_env["AWS_ACCESS_KEY_ID"],
+                             secret=s3_env["AWS_SECRET_ACCESS_KEY"])

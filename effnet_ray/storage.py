@@ -1,0 +1,72 @@
+"""Local paths and fsspec URIs (s3://, gs://, az://, abfs://, http(s)://, file://) alike.
+
+Credentials and endpoints come from each store's own environment and config files (for S3:
+AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, profiles...) plus `--storage-options`. Neither the
+options nor anything derived from them is ever put into a message, a log line or the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import fsspec
+import pyarrow.fs as pafs
+from fsspec.spec import AbstractFileSystem
+
+from effnet_ray.errors import UserError
+
+# Fail in seconds, not minutes, when a store is down: botocore's defaults retry for long.
+_DEFAULTS = {
+    "s3": {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
+                             "retries": {"max_attempts": 3, "mode": "standard"}}},
+}
+READ_ONLY = ("http", "https")
+
+
+def open_fs(uri: str, options: dict | None = None) -> tuple[AbstractFileSystem, str]:
+    """The filesystem and the path within it; `options` apply to remote stores only."""
+    protocol = fsspec.utils.get_protocol(uri)
+    kwargs = {} if protocol in ("file", "local") else {**_DEFAULTS.get(protocol, {}),
+                                                        **(options or {})}
+    try:
+        return fsspec.core.url_to_fs(uri, **kwargs)
+    except ImportError as exc:
+        raise UserError(f"{uri}: this store needs an extra package ({exc.name}); "
+                        "pip install 'effnet-ray[cloud]'") from None
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{uri}: bad storage options ({type(exc).__name__})") from None
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    return "file" in fs.protocol or "local" in fs.protocol
+
+
+def display(fs: AbstractFileSystem, path: str) -> str:
+    """The name users see: an absolute local path, or the full URI."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+@contextmanager
+def named_errors(uri: str) -> Iterator[None]:
+    """Turn a store's failure into one line naming the URI (never its credentials)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except FileNotFoundError:
+        raise UserError(f"{uri} does not exist") from None
+    except PermissionError:
+        raise UserError(f"access to {uri} is denied") from None
+    except Exception as exc:  # stores raise anything from OSError to botocore errors
+        raise UserError(f"cannot reach {uri}: {short_reason(exc)}") from None
+
+
+def short_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def pyarrow_fs(fs: AbstractFileSystem) -> pafs.FileSystem | None:
+    """For pyarrow and Ray Data; None (their native local I/O) for local paths."""
+    return None if is_local(fs) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
