@@ -23,8 +23,8 @@ def one_line_error(result, *fragments):
     """Non-zero exit, no traceback, the error on one line (progress output may precede it)."""
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    errors = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()]
-    assert len(errors) == 1 and errors[0].startswith("effnet-ray: error: "), result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("effnet-ray: error: ")]
+    assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
 

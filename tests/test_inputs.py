@@ -273,3 +273,32 @@ def test_layout_can_be_forced(tmp_path):
     forced = list(list_sources([str(tmp_path / "shard.bin")], layout="webdataset"))
     assert forced == [Source("webdataset", str(tmp_path / "shard.bin"))]
     os.remove(tmp_path / "shard.bin")
+
+
+def test_http_inputs_are_read_only_sources(tmp_path, lite0_ir):
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    site = tmp_path / "site"
+    site.mkdir()
+    for name in ("chelsea.jpg", "coffee.jpg"):
+        shutil.copy(PHOTOS / name, site / name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        result = run_cli("label", f"{base}/chelsea.jpg", f"{base}/coffee.jpg", "--output",
+                         tmp_path / "out", "--model-path", lite0_ir, *LITE0)
+        assert result.returncode == 0, result.stderr
+        rows = {r["path"]: r for r in read_rows(tmp_path / "out")}
+        assert sorted(rows) == [f"{base}/chelsea.jpg", f"{base}/coffee.jpg"]
+        assert rows[f"{base}/coffee.jpg"]["class_id"] in (967, 968)
+        one_line_error(run_cli("label", f"{base}/chelsea.jpg", "--output", f"{base}/out",
+                               "--model-path", lite0_ir, *LITE0), "read-only")
+    finally:
+        server.shutdown()
+        server.server_close()
