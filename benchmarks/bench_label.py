@@ -1,11 +1,12 @@
 """Benchmark: `label`'s steady-state throughput against OpenVINO's own, same IR and settings.
 
-Prints (a) benchmark_app's saturated throughput (THROUGHPUT hint), (b) `label`'s
-steady-state throughput on real photos, i.e. N / (t(2N) - t(N)) so that Ray start-up, actor
-start and compilation cancel out, and their ratio. Not a test: numbers drift 10-30% between
-runs on shared machines, the ratio taken in one run is what to compare.
+Prints (a) benchmark_app's saturated throughput (THROUGHPUT hint, mean of a run before and
+one after), (b) `label`'s steady-state throughput on real photos, i.e. N / (t(2N) - t(N)) on
+one running Ray, so that actor start and compilation cancel out, and their ratio. Not a
+test: numbers drift 10-30% between runs on shared machines, the ratio taken in one run is
+what to compare.
 
-    .venv/bin/python benchmarks/bench_label.py [--images 32] [--precision auto] [--model NAME]
+    .venv/bin/python benchmarks/bench_label.py [--images 48] [--precision auto] [--model NAME]
 """
 
 import argparse
@@ -14,8 +15,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import pyarrow.parquet as pq
+import ray
 
 import effnet_ray
 from effnet_ray.cli import prepare_model
@@ -45,17 +50,51 @@ def photo_folder(root: Path, count: int) -> Path:
     return folder
 
 
-def label_seconds(folder: Path, out: Path, args: argparse.Namespace, model_path: Path) -> float:
+class OutputWatcher(threading.Thread):
+    """Records (time, rows written) as Parquet files appear: Ray Data writes block by block,
+    so the output grows while the job runs and its slope is the in-run throughput."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(daemon=True)
+        self.folder, self.samples, self.stop = folder, [], threading.Event()
+
+    def run(self) -> None:
+        counted: dict[str, int] = {}
+        while not self.stop.wait(0.25):
+            for path in self.folder.glob("*.parquet"):
+                if path.name not in counted:
+                    try:
+                        counted[path.name] = pq.ParquetFile(path).metadata.num_rows
+                    except Exception:  # still being written
+                        continue
+                    self.samples.append((time.perf_counter(), sum(counted.values())))
+
+    def steady_rate(self, total: int) -> float:
+        """Slope between the first output reaching 25% and the last reaching 100%."""
+        start = next((t, n) for t, n in self.samples if n >= total / 4)
+        end = self.samples[-1]
+        return (end[1] - start[1]) / (end[0] - start[0])
+
+
+def label_run(folder: Path, out: Path, args: argparse.Namespace, model_path: Path,
+              count: int) -> tuple[float, float]:
+    """(wall seconds, in-run steady rows/s) of one `label` run."""
+    out.mkdir()
+    watcher = OutputWatcher(out)
+    watcher.start()
     started = time.perf_counter()
     effnet_ray.label([str(folder)], str(out), model=args.model, model_path=str(model_path),
                      precision=args.precision, device=args.device, batch_size=args.batch_size)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    watcher.stop.set()
+    watcher.join()
+    return wall, watcher.steady_rate(count)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet-b7-pytorch")
-    parser.add_argument("--images", type=int, default=32, help="N; runs N and 2N images")
+    parser.add_argument("--images", type=int, default=48, help="N; runs N and 2N images")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="CPU")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -64,19 +103,33 @@ def main() -> None:
 
     model_path = prepare_model(args.model, default_cache_dir(), random_seed=0)
     print(f"model {args.model} (random weights, seed 0): {model_path}", flush=True)
+    # benchmark_app runs before and after the label runs: the machine's speed drifts, and
+    # the mean of both brackets the label runs in time.
+    before = benchmark_app(model_path, args.device, args.precision, args.seconds)
+    # One Ray for both runs, started before them: Ray's start-up varies by seconds, which
+    # the N/2N difference would otherwise turn into throughput. A warm-up run loads every
+    # library into the worker processes.
+    ray.init(include_dashboard=False, logging_level="WARNING")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        small, large = photo_folder(root, args.images), photo_folder(root, 2 * args.images)
-        t_small = label_seconds(small, root / "out-small", args, model_path)
-        t_large = label_seconds(large, root / "out-large", args, model_path)
-    ov_fps = benchmark_app(model_path, args.device, args.precision, args.seconds)
+        warm, small = photo_folder(root, 2), photo_folder(root, args.images)
+        large = photo_folder(root, 2 * args.images)
+        label_run(warm, root / "out-warm", args, model_path, 2)
+        t_small, _ = label_run(small, root / "out-small", args, model_path, args.images)
+        t_large, in_run = label_run(large, root / "out-large", args, model_path,
+                                    2 * args.images)
+    ray.shutdown()
+    after = benchmark_app(model_path, args.device, args.precision, args.seconds)
+    ov_fps = (before + after) / 2
     steady = args.images / (t_large - t_small)
     print(f"\nbenchmark_app ({args.device}, {args.precision}, THROUGHPUT hint): "
-          f"{ov_fps:.2f} img/s")
+          f"{ov_fps:.2f} img/s (before {before:.2f}, after {after:.2f})")
     print(f"label, {args.images} images: {t_small:.1f} s; {2 * args.images} images: "
           f"{t_large:.1f} s")
-    print(f"label steady state: {steady:.2f} img/s")
-    print(f"ratio label / benchmark_app: {steady / ov_fps:.3f}")
+    print(f"label steady state, N/(t(2N)-t(N)): {steady:.2f} img/s, "
+          f"ratio to benchmark_app {steady / ov_fps:.3f}")
+    print(f"label steady state, output slope of the 2N run: {in_run:.2f} img/s, "
+          f"ratio to benchmark_app {in_run / ov_fps:.3f}")
 
 
 if __name__ == "__main__":

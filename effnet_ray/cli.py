@@ -18,33 +18,47 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+def _with_default(text: str, name: str) -> str:
+    """Help text quoting the default from LabelConfig, where all defaults live."""
+    from effnet_ray.config import LabelConfig
+
+    return f"{text} (default {LabelConfig.__dataclass_fields__[name].default})"
+
+
 def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (recursive) or glob patterns")
     p.add_argument("--output", "-o", required=True, help="folder for the Parquet files")
-    p.add_argument("--model", help="model name (default: efficientnet-b7-pytorch)")
+    p.add_argument("--model", help=_with_default("model name", "model"))
     p.add_argument("--model-path", help="an IR (.xml) to use instead of the prepared one")
-    p.add_argument("--device", help="OpenVINO device: CPU, GPU, GPU.N, AUTO... (default CPU)")
+    p.add_argument("--device",
+                   help=_with_default("OpenVINO device: CPU, GPU, GPU.N, AUTO...", "device"))
     p.add_argument("--precision", help="f32, bf16, f16 or auto (device default)")
-    p.add_argument("--top-k", type=int, help="classes kept per image (default 5)")
-    p.add_argument("--batch-size", type=int, help="images per inference call (default 8)")
-    p.add_argument("--actors", type=int, help="OpenVINO actors (default 1)")
-    p.add_argument("--actor-cpus", type=float, help="logical CPUs each actor reserves")
+    p.add_argument("--top-k", type=int, help=_with_default("classes kept per image", "top_k"))
+    p.add_argument("--batch-size", type=int,
+                   help=_with_default("images per inference call", "batch_size"))
+    p.add_argument("--actors", type=int, help=_with_default("OpenVINO actors", "actors"))
+    p.add_argument("--actor-cpus", type=float,
+                   help=_with_default("logical CPUs each actor reserves", "actor_cpus"))
     p.add_argument("--threads", type=int, help="OpenVINO threads per actor (0: all cores)")
-    p.add_argument("--unit-size", type=int, help="images per read task (default 16)")
+    p.add_argument("--unit-size", type=int,
+                   help=_with_default("image files per work unit", "unit_size"))
     p.add_argument("--address", help="an existing Ray cluster (default: start a local Ray)")
     p.add_argument("--cache-dir", help="prepared models and compiled blobs")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the results already in --output")
     p.add_argument("--layout", help="auto (by extension), files, webdataset or parquet")
-    p.add_argument("--image-column", help="Parquet inputs: the image bytes column (image)")
-    p.add_argument("--id-column", help="Parquet inputs: the id column (id; else row number)")
+    p.add_argument("--image-column",
+                   help=_with_default("Parquet inputs: the image bytes column", "image_column"))
+    p.add_argument("--id-column",
+                   help=_with_default("Parquet inputs: the id column, else row numbers",
+                                      "id_column"))
     p.add_argument("--storage-options", metavar="JSON",
                    help="extra fsspec options for remote stores (never logged)")
     p.add_argument("--max-pixels", type=int,
-                   help="larger images are refused before decoding (89478485)")
+                   help=_with_default("larger images are refused before decoding", "max_pixels"))
     p.add_argument("--fail-on-error", action="store_true", default=None,
-                   help="exit 1 when any image could not be labelled")
+                   help="exit non-zero when any image could not be labelled")
 
 
 def build_parser() -> argparse.ArgumentParser:
