@@ -1,12 +1,12 @@
 """Benchmark: `label`'s steady-state throughput against OpenVINO's own, same IR and settings.
 
 Prints (a) benchmark_app's saturated throughput (THROUGHPUT hint, mean of a run before and
-one after), (b) `label`'s steady-state throughput on real photos, i.e. N / (t(2N) - t(N)) on
-one running Ray, so that actor start and compilation cancel out, and their ratio. Not a
-test: numbers drift 10-30% between runs on shared machines, the ratio taken in one run is
-what to compare.
+one after the label runs), (b) `label`'s steady-state throughput on real photos,
+N / (t(2N) - t(N)) so that Ray start-up, actor start and compilation cancel out, averaged over
+repeated pairs, and their ratio. Not a test: this machine's speed drifts by 10-15% within
+minutes, so single pairs scatter; compare ratios taken in one run.
 
-    .venv/bin/python benchmarks/bench_label.py [--images 48] [--precision auto] [--model NAME]
+    .venv/bin/python benchmarks/bench_label.py [--images 32] [--repeats 2] [--precision auto]
 """
 
 import argparse
@@ -15,12 +15,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-
-import pyarrow.parquet as pq
-import ray
 
 import effnet_ray
 from effnet_ray.cli import prepare_model
@@ -50,55 +46,22 @@ def photo_folder(root: Path, count: int) -> Path:
     return folder
 
 
-class OutputWatcher(threading.Thread):
-    """Records (time, rows written) as Parquet files appear: Ray Data writes block by block,
-    so the output grows while the job runs and its slope is the in-run throughput."""
-
-    def __init__(self, folder: Path) -> None:
-        super().__init__(daemon=True)
-        self.folder, self.samples, self.stop = folder, [], threading.Event()
-
-    def run(self) -> None:
-        counted: dict[str, int] = {}
-        while not self.stop.wait(0.25):
-            for path in self.folder.glob("*.parquet"):
-                if path.name not in counted:
-                    try:
-                        counted[path.name] = pq.ParquetFile(path).metadata.num_rows
-                    except Exception:  # still being written
-                        continue
-                    self.samples.append((time.perf_counter(), sum(counted.values())))
-
-    def steady_rate(self, total: int) -> float:
-        """Slope between the first output reaching 25% and the last reaching 100%."""
-        start = next((t, n) for t, n in self.samples if n >= total / 4)
-        end = self.samples[-1]
-        return (end[1] - start[1]) / (end[0] - start[0])
-
-
-def label_run(folder: Path, out: Path, args: argparse.Namespace, model_path: Path,
-              count: int) -> tuple[float, float]:
-    """(wall seconds, in-run steady rows/s) of one `label` run."""
-    out.mkdir()
-    watcher = OutputWatcher(out)
-    watcher.start()
+def label_seconds(folder: Path, out: Path, args: argparse.Namespace, model_path: Path) -> float:
     started = time.perf_counter()
     effnet_ray.label([str(folder)], str(out), model=args.model, model_path=str(model_path),
                      precision=args.precision, device=args.device, batch_size=args.batch_size)
-    wall = time.perf_counter() - started
-    watcher.stop.set()
-    watcher.join()
-    return wall, watcher.steady_rate(count)
+    return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet-b7-pytorch")
-    parser.add_argument("--images", type=int, default=48, help="N; runs N and 2N images")
+    parser.add_argument("--images", type=int, default=32, help="N; runs N and 2N images")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="CPU")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=30, help="benchmark_app duration")
+    parser.add_argument("--repeats", type=int, default=2, help="N/2N pairs to average")
     args = parser.parse_args()
 
     model_path = prepare_model(args.model, default_cache_dir(), random_seed=0)
@@ -106,30 +69,24 @@ def main() -> None:
     # benchmark_app runs before and after the label runs: the machine's speed drifts, and
     # the mean of both brackets the label runs in time.
     before = benchmark_app(model_path, args.device, args.precision, args.seconds)
-    # One Ray for both runs, started before them: Ray's start-up varies by seconds, which
-    # the N/2N difference would otherwise turn into throughput. A warm-up run loads every
-    # library into the worker processes.
-    ray.init(include_dashboard=False, logging_level="WARNING")
+    rates = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        warm, small = photo_folder(root, 2), photo_folder(root, args.images)
-        large = photo_folder(root, 2 * args.images)
-        label_run(warm, root / "out-warm", args, model_path, 2)
-        t_small, _ = label_run(small, root / "out-small", args, model_path, args.images)
-        t_large, in_run = label_run(large, root / "out-large", args, model_path,
-                                    2 * args.images)
-    ray.shutdown()
+        small, large = photo_folder(root, args.images), photo_folder(root, 2 * args.images)
+        for i in range(args.repeats):
+            t_small = label_seconds(small, root / f"out-small-{i}", args, model_path)
+            t_large = label_seconds(large, root / f"out-large-{i}", args, model_path)
+            rates.append(args.images / (t_large - t_small))
+            print(f"label, {args.images} images: {t_small:.1f} s; {2 * args.images} images: "
+                  f"{t_large:.1f} s; steady state {rates[-1]:.2f} img/s", flush=True)
     after = benchmark_app(model_path, args.device, args.precision, args.seconds)
     ov_fps = (before + after) / 2
-    steady = args.images / (t_large - t_small)
+    steady = sum(rates) / len(rates)
     print(f"\nbenchmark_app ({args.device}, {args.precision}, THROUGHPUT hint): "
           f"{ov_fps:.2f} img/s (before {before:.2f}, after {after:.2f})")
-    print(f"label, {args.images} images: {t_small:.1f} s; {2 * args.images} images: "
-          f"{t_large:.1f} s")
-    print(f"label steady state, N/(t(2N)-t(N)): {steady:.2f} img/s, "
-          f"ratio to benchmark_app {steady / ov_fps:.3f}")
-    print(f"label steady state, output slope of the 2N run: {in_run:.2f} img/s, "
-          f"ratio to benchmark_app {in_run / ov_fps:.3f}")
+    print(f"label steady state, N/(t(2N)-t(N)), mean of {len(rates)}: {steady:.2f} img/s")
+    print(f"ratio label / benchmark_app: {steady / ov_fps:.3f} "
+          f"(per repeat: {', '.join(f'{r / ov_fps:.3f}' for r in rates)})")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,11 @@ class Classifier:
         self.spec = get_spec(settings.model)
         self.labels = load_labels(self.spec.labels)
         self.compiled = compile_model(settings)
-        self.queue = ov.AsyncInferQueue(self.compiled, 0)
+        # Twice the device's optimal number of requests: the spare ones wait inside
+        # OpenVINO, so a stream never idles while Python refills the queue (the actor runs
+        # at Ray's worker niceness and shares the cores with decoding).
+        optimal = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        self.queue = ov.AsyncInferQueue(self.compiled, 2 * optimal)
         self.queue.set_callback(self._finished)
         self.submit_lock = threading.Lock()
 
