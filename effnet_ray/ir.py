@@ -102,14 +102,6 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def ir_checksum(xml_path: str | Path) -> str:
-    """One digest for the pair of files, so a manifest can pin the exact model."""
-    xml_path = Path(xml_path)
-    return hashlib.sha256(
-        (file_sha256(xml_path) + file_sha256(xml_path.with_suffix(".bin"))).encode()
-    ).hexdigest()
-
-
 def complexity(model: ov.Model) -> tuple[int, int]:
     """(parameters, FLOPs) the way model cards count them.
 
