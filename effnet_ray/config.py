@@ -19,7 +19,7 @@ from effnet_ray.ir import check_contract, default_cache_dir, metadata, prepared_
 from effnet_ray.listing import LAYOUTS, check_inputs
 from effnet_ray.preprocessing import MAX_PIXELS
 from effnet_ray.registry import get_spec
-from effnet_ray.storage import READ_ONLY, display, named_errors, open_fs
+from effnet_ray.storage import display, is_read_only, named_errors, open_fs
 
 DEFAULT_MODEL = "efficientnet-b7-pytorch"
 _DEVICE = re.compile(r"^(CPU|(GPU|NPU)(\.\d+)?|(AUTO|MULTI|HETERO)(:[A-Z0-9.,]+)?)$")
@@ -78,7 +78,7 @@ def _check_device(device: str, precision: str, local: bool) -> None:
 def _check_output(output: str, overwrite: bool, options: dict) -> str:
     """The output's display name, once it is known to be a writable folder."""
     fs, path = open_fs(output, options)
-    if fs.protocol[0] in READ_ONLY or fs.protocol in READ_ONLY:
+    if is_read_only(fs):
         raise UserError(f"output {output}: http(s) stores are read-only")
     with named_errors(output):
         if fs.isfile(path):

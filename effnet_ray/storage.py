@@ -38,8 +38,17 @@ def open_fs(uri: str, options: dict | None = None) -> tuple[AbstractFileSystem, 
         raise UserError(f"{uri}: bad storage options ({type(exc).__name__})") from None
 
 
+def protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
+    """fsspec gives a filesystem's protocol as a string or a tuple of aliases."""
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
 def is_local(fs: AbstractFileSystem) -> bool:
-    return "file" in fs.protocol or "local" in fs.protocol
+    return bool({"file", "local"} & set(protocols(fs)))
+
+
+def is_read_only(fs: AbstractFileSystem) -> bool:
+    return bool(set(READ_ONLY) & set(protocols(fs)))
 
 
 def display(fs: AbstractFileSystem, path: str) -> str:
