@@ -99,14 +99,19 @@ def tar_samples(uri: str, opts: ReadOptions) -> Iterator[Sample]:
         yield _sample_from(uri, key, members)
 
 
+def _missing_image_column(names: list[str], opts: ReadOptions) -> str | None:
+    if opts.image_column in names:
+        return None
+    return f"no image column '{opts.image_column}' (columns: {', '.join(names[:20])})"
+
+
 def check_parquet_columns(uri: str, opts: ReadOptions) -> None:
     """A wrong --image-column is an argument error: found on the first shard, before work."""
     fs, path = open_fs(uri, opts.storage_options)
     with named_errors(uri), fs.open(path, "rb") as f:
-        names = pq.ParquetFile(f).schema_arrow.names
-    if opts.image_column not in names:
-        raise UserError(f"{uri} has no image column '{opts.image_column}' (columns: "
-                        f"{', '.join(names[:20])}); choose one with --image-column")
+        missing = _missing_image_column(pq.ParquetFile(f).schema_arrow.names, opts)
+    if missing:
+        raise UserError(f"{uri} has {missing}; choose one with --image-column")
 
 
 def _image_bytes(value: object) -> bytes | None:
@@ -121,9 +126,9 @@ def parquet_samples(uri: str, opts: ReadOptions) -> Iterator[Sample]:
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
             names = parquet.schema_arrow.names
-            if opts.image_column not in names:
-                yield Sample(uri, error=f"no image column '{opts.image_column}' "
-                                        f"(columns: {', '.join(names[:10])})")
+            missing = _missing_image_column(names, opts)
+            if missing:
+                yield Sample(uri, error=missing)
                 return
             columns = [opts.image_column] + ([opts.id_column] if opts.id_column in names else [])
             row = 0
