@@ -1,8 +1,12 @@
 """Inputs -> sources (image files, WebDataset tar shards, Parquet shards) -> work units.
 
 Listing runs once, in the driver, before Ray starts. A unit is what one read task handles:
-`UNIT_SIZE` image files, or one shard. So a million small files become ~62,500 tasks, not a
-million, and a shard is streamed by the one task that reads it.
+about `unit_size` image files, or one shard. So a million small files become ~15,000 tasks,
+not a million, and a shard is streamed by the one task that reads it.
+
+A unit's id comes from its content, and file units are cut where a file's name hashes to a
+boundary (content-defined, like rsync's chunks), not every `unit_size` files: a file added to
+or removed from a folder changes one unit, so a resumed run redoes only that unit.
 
 Layouts are detected per file by extension (`.tar` -> WebDataset, `.parquet` -> Parquet,
 anything else -> an image file) unless `--layout` forces one. In folders, files without an
@@ -12,8 +16,9 @@ named explicitly is always taken (a broken one becomes an error row).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fsspec.spec import AbstractFileSystem
 
@@ -119,16 +124,32 @@ def list_sources(inputs: Iterable[str], layout: str = "auto",
                     yield Source(kind, uri)
 
 
-def work_units(sources: Iterable[Source], unit_size: int) -> Iterator[tuple[str, list[str]]]:
-    """(kind, uris): image files grouped by `unit_size`, each shard on its own."""
+@dataclass(frozen=True)
+class Unit:
+    kind: str
+    uris: tuple[str, ...]
+    uid: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        text = "\n".join((self.kind, *self.uris)).encode()
+        object.__setattr__(self, "uid", hashlib.blake2b(text, digest_size=8).hexdigest())
+
+
+def _ends_unit(uri: str, unit_size: int) -> bool:
+    digest = hashlib.blake2b(uri.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % unit_size == 0
+
+
+def work_units(sources: Iterable[Source], unit_size: int) -> Iterator[Unit]:
+    """Image files in units of `unit_size` on average (at most twice that); shards alone."""
     pending: list[str] = []
     for source in sources:
         if source.kind == "files":
             pending.append(source.uri)
-            if len(pending) == unit_size:
-                yield "files", pending
+            if _ends_unit(source.uri, unit_size) or len(pending) == 2 * unit_size:
+                yield Unit("files", tuple(pending))
                 pending = []
         else:
-            yield source.kind, [source.uri]
+            yield Unit(source.kind, (source.uri,))
     if pending:
-        yield "files", pending
+        yield Unit("files", tuple(pending))

@@ -259,10 +259,26 @@ def test_a_store_that_denies_access_is_a_clear_error(lite0_ir, tmp_path):
 
 
 def test_work_units_group_files_and_keep_shards_whole():
-    sources = [Source("files", f"f{i}") for i in range(5)] + [Source("webdataset", "a.tar")]
-    assert list(work_units(sources, 2)) == [
-        ("files", ["f0", "f1"]), ("files", ["f2", "f3"]), ("webdataset", ["a.tar"]),
-        ("files", ["f4"])]
+    files = [Source("files", f"s3://b/img{i:05d}.jpg") for i in range(2000)]
+    units = list(work_units([*files[:1000], Source("webdataset", "a.tar"), *files[1000:]], 16))
+    shards = [u for u in units if u.kind == "webdataset"]
+    assert [u.uris for u in shards] == [("a.tar",)]
+    sizes = [len(u.uris) for u in units if u.kind == "files"]
+    assert sum(sizes) == 2000 and max(sizes) <= 32
+    assert 12 <= 2000 / len(sizes) <= 20  # about unit_size on average
+    assert [uri for u in units if u.kind == "files" for uri in u.uris] == \
+        [s.uri for s in files]  # every file once, in listing order
+
+
+def test_adding_or_removing_a_file_changes_one_unit():
+    files = [Source("files", f"s3://b/img{i:05d}.jpg") for i in range(500)]
+    before = {u.uid for u in work_units(files, 16)}
+    added = {u.uid for u in work_units([*files[:200], Source("files", "s3://b/img00200a.jpg"),
+                                        *files[200:]], 16)}
+    removed = {u.uid for u in work_units(files[:300] + files[301:], 16)}
+    # the unit holding the change is replaced (by two when the new file ends a unit itself)
+    assert len(before - added) == 1 and len(added - before) <= 2
+    assert len(before - removed) <= 2 and len(removed - before) == 1
 
 
 def test_layout_can_be_forced(tmp_path):
