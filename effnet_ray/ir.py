@@ -94,12 +94,19 @@ def set_metadata(model: ov.Model, meta: dict) -> None:
     model.set_rt_info(json.dumps(meta, sort_keys=True), [META_KEY, "json"])
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+def file_sha256(*paths: str | Path, chunk: int = 1 << 20) -> str:
+    """One digest over the files' bytes, in order."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
     return digest.hexdigest()
+
+
+def ir_sha256(xml: str | Path) -> str:
+    """The IR's checksum: its graph and its weights."""
+    return file_sha256(xml, Path(xml).with_suffix(".bin"))
 
 
 def complexity(model: ov.Model) -> tuple[int, int]:

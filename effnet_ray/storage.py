@@ -7,8 +7,12 @@ options nor anything derived from them is ever put into a message, a log line or
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import tarfile
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import fsspec
 import pyarrow.fs as pafs
@@ -22,6 +26,13 @@ _DEFAULTS = {
                              "retries": {"max_attempts": 3, "mode": "standard"}}},
 }
 READ_ONLY = ("http", "https")
+# Errors that say something about the object, not the moment: retrying cannot help.
+PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+             UserError, tarfile.TarError, EOFError, ValueError, TypeError, UnicodeError)
+# On top of botocore's own 3 attempts per call: rides out a blip of ~15 s.
+ATTEMPTS = 5
+FIRST_WAIT = 0.5
+T = TypeVar("T")
 
 
 def open_fs(uri: str, options: dict | None = None) -> tuple[AbstractFileSystem, str]:
@@ -79,3 +90,19 @@ def short_reason(exc: BaseException) -> str:
 def pyarrow_fs(fs: AbstractFileSystem) -> pafs.FileSystem | None:
     """For pyarrow and Ray Data; None (their native local I/O) for local paths."""
     return None if is_local(fs) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def backoff(attempt: int) -> None:
+    time.sleep(FIRST_WAIT * 2**attempt * random.uniform(0.5, 1.5))
+
+
+def retrying(call: Callable[[], T]) -> T:
+    """`call()`, retried with exponential backoff while its errors look transient."""
+    for attempt in range(ATTEMPTS - 1):
+        try:
+            return call()
+        except PERMANENT:
+            raise
+        except Exception:  # stores raise anything from OSError to botocore errors
+            backoff(attempt)
+    return call()

@@ -1,9 +1,55 @@
-"""The output rows: one per input image, the model's answer or the reason there is none."""
+"""The output rows: one per input image, the model's answer or the reason there is none;
+and how a file of them is committed so that a crash never leaves half of one that counts."""
 
 from __future__ import annotations
 
+import io
+import os
+import re
+import uuid
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.spec import AbstractFileSystem
+
+from effnet_ray.storage import is_local, retrying
+
+# Readers (pyarrow, Ray Data, Spark) skip names starting with "."; so does the resume scan.
+TMP_PREFIX = ".tmp-"
+_CHUNK = re.compile(r"^part-([0-9a-f]{16})-(\d{7,})-n(\d+)-e(\d+)(-last)?\.parquet$")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One committed file: rows `first`.. of a work unit (`last`: the unit's final rows).
+
+    Its name carries all of this, so listing names tells what is done without opening files.
+    """
+
+    uid: str
+    first: int
+    rows: int
+    errors: int
+    last: bool
+
+    @property
+    def name(self) -> str:
+        return (f"{self.key}-n{self.rows}-e{self.errors}"
+                f"{'-last' if self.last else ''}.parquet")
+
+    @property
+    def key(self) -> str:
+        return f"part-{self.uid}-{self.first:07d}"
+
+    @classmethod
+    def parse(cls, name: str) -> Chunk | None:
+        match = _CHUNK.match(name)
+        if not match:
+            return None
+        uid, first, rows, errors, last = match.groups()
+        return cls(uid, int(first), int(rows), int(errors), last is not None)
 
 
 def output_schema(classes: int) -> pa.Schema:
@@ -65,3 +111,42 @@ def result_table(paths: list[str], model: str, logits: np.ndarray, errors: list[
         "source_metadata": pa.array(source_metadata, pa.string()),
     }
     return pa.Table.from_pydict(columns, schema=output_schema(classes))
+
+
+def put_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> None:
+    """Make `path` appear whole or not at all, whatever instant the process dies.
+
+    Local disks: write a hidden temporary file beside it, fsync, rename over. Object stores:
+    one PUT (or a multipart upload) only shows the object once it is complete.
+    """
+    if not is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f"{TMP_PREFIX}{name}.{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def commit_chunk(fs: AbstractFileSystem, folder: str, chunk: Chunk, table: pa.Table) -> None:
+    """Commit `table` under the chunk's name, then drop any earlier commit of the same rows
+    (a retried batch whose error count came out differently); a crash in between leaves
+    both, which the next run's scan resolves."""
+    data = parquet_bytes(table)
+    retrying(lambda: put_atomic(fs, f"{folder}/{chunk.name}", data))
+    for other in retrying(lambda: fs.glob(f"{folder}/{chunk.key}-*.parquet")):
+        if other.rsplit("/", 1)[-1] != chunk.name:
+            fs.rm_file(other)
