@@ -36,17 +36,18 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", help="f32, bf16, f16 or auto (device default)")
     p.add_argument("--top-k", type=int, help=_with_default("classes kept per image", "top_k"))
     p.add_argument("--batch-size", type=int,
-                   help=_with_default("images per inference call", "batch_size"))
+                   help=_with_default("images per inference call and per committed output file",
+                                     "batch_size"))
     p.add_argument("--actors", type=int, help=_with_default("OpenVINO actors", "actors"))
     p.add_argument("--actor-cpus", type=float,
                    help=_with_default("logical CPUs each actor reserves", "actor_cpus"))
     p.add_argument("--threads", type=int, help="OpenVINO threads per actor (0: all cores)")
     p.add_argument("--unit-size", type=int,
-                   help=_with_default("image files per work unit", "unit_size"))
+                   help=_with_default("image files per read task, on average", "unit_size"))
     p.add_argument("--address", help="an existing Ray cluster (default: start a local Ray)")
     p.add_argument("--cache-dir", help="prepared models and compiled blobs")
     p.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace the results already in --output")
+                   help="start over, deleting what --output holds (default: resume)")
     p.add_argument("--layout", help="auto (by extension), files, webdataset or parquet")
     p.add_argument("--image-column",
                    help=_with_default("Parquet inputs: the image bytes column", "image_column"))
@@ -158,7 +159,7 @@ def demo(args: argparse.Namespace) -> None:
     cache = _cache(args)
     prepare_model(DEMO_MODEL, cache)
     cfg = build_label_config([str(PHOTOS)], args.output, model=DEMO_MODEL,
-                             cache_dir=str(cache), overwrite=True, batch_size=16)
+                             cache_dir=str(cache), overwrite=True)
     summary = run(cfg)
     table = pads.dataset(cfg.output, format="parquet").to_table(
         columns=["path", "class_id", "label", "top_k_probs", "error"]).to_pylist()

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import openvino as ov
 
 from effnet_ray.errors import UserError
 from effnet_ray.inference import CAPABILITY, PRECISIONS
-from effnet_ray.ir import check_contract, default_cache_dir, metadata, prepared_path, read_ir
+from effnet_ray.ir import (
+    check_contract,
+    default_cache_dir,
+    ir_sha256,
+    metadata,
+    prepared_path,
+    read_ir,
+)
 from effnet_ray.listing import LAYOUTS, check_inputs
 from effnet_ray.preprocessing import MAX_PIXELS
 from effnet_ray.registry import get_spec
+from effnet_ray.resume import check_resumable, identity
 from effnet_ray.storage import display, is_read_only, named_errors, open_fs
 
 DEFAULT_MODEL = "efficientnet-b7-pytorch"
@@ -34,11 +42,11 @@ class LabelConfig:
     device: str = "CPU"
     precision: str = "auto"
     top_k: int = 5
-    batch_size: int = 8
+    batch_size: int = 32
     actors: int = 1
     actor_cpus: float = 1.0
     threads: int = 0
-    unit_size: int = 16
+    unit_size: int = 64
     address: str | None = None
     cache_dir: str = ""
     overwrite: bool = False
@@ -50,6 +58,7 @@ class LabelConfig:
     # repr=False: credentials may be in here and must never reach a log line
     storage_options: dict = field(default_factory=dict, repr=False)
     random_weights: bool = field(default=False, compare=False)
+    ir_sha256: str = field(default="", compare=False)
 
 
 def _check_device(device: str, precision: str, local: bool) -> None:
@@ -75,17 +84,17 @@ def _check_device(device: str, precision: str, local: bool) -> None:
                             f"(it supports {', '.join(caps)}); use --precision auto or f32")
 
 
-def _check_output(output: str, overwrite: bool, options: dict) -> str:
-    """The output's display name, once it is known to be a writable folder."""
-    fs, path = open_fs(output, options)
+def _check_output(cfg: LabelConfig) -> str:
+    """The output's display name, once it is known to be a writable folder that this run
+    may resume into (or, with --overwrite, replace)."""
+    fs, path = open_fs(cfg.output, cfg.storage_options)
     if is_read_only(fs):
-        raise UserError(f"output {output}: http(s) stores are read-only")
-    with named_errors(output):
+        raise UserError(f"output {cfg.output}: http(s) stores are read-only")
+    with named_errors(cfg.output):
         if fs.isfile(path):
-            raise UserError(f"output {output} exists and is not a folder")
-        if fs.glob(f"{path.rstrip('/')}/*.parquet") and not overwrite:
-            raise UserError(f"output {output} already holds results; pass --overwrite to "
-                            "replace them")
+            raise UserError(f"output {cfg.output} exists and is not a folder")
+    if not cfg.overwrite:
+        check_resumable(fs, path, identity(cfg, cfg.ir_sha256))
     probe = f"{path.rstrip('/')}/.effnet-ray-write-probe"
     try:
         fs.makedirs(path, exist_ok=True)
@@ -93,7 +102,7 @@ def _check_output(output: str, overwrite: bool, options: dict) -> str:
         fs.rm_file(probe)
     except Exception as exc:  # any store's refusal, named without its credentials
         reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise UserError(f"output {output} is not writable ({reason})") from None
+        raise UserError(f"output {cfg.output} is not writable ({reason})") from None
     return display(fs, path)
 
 
@@ -126,13 +135,17 @@ def _positive(name: str, value: float) -> None:
 def build_label_config(inputs: list[str] | tuple[str, ...], output: str, **options: object
                        ) -> LabelConfig:
     """Validate every option and resolve the model file; raises UserError on the first fault."""
-    known = set(LabelConfig.__dataclass_fields__) - {"inputs", "output", "random_weights"}
+    known = set(LabelConfig.__dataclass_fields__) - {"inputs", "output", "random_weights",
+                                                      "ir_sha256"}
     unknown = set(options) - known
     if unknown:
         raise UserError(f"unknown option(s): {', '.join(sorted(unknown))}")
     options = {k: v for k, v in options.items() if v is not None}
     options["storage_options"] = parse_storage_options(options.get("storage_options"))
-    cfg = LabelConfig(inputs=tuple(str(i) for i in inputs), output=str(output), **options)
+    storage = options["storage_options"]
+    # absolute local paths: a rerun from another folder is the same run
+    inputs = tuple(display(*open_fs(str(i), storage)) for i in inputs)
+    cfg = LabelConfig(inputs=inputs, output=str(output), **options)
     spec = get_spec(cfg.model)
     if cfg.layout not in LAYOUTS:
         raise UserError(f"unknown layout '{cfg.layout}' (use {', '.join(LAYOUTS)})")
@@ -154,11 +167,7 @@ def build_label_config(inputs: list[str] | tuple[str, ...], output: str, **optio
     model = read_ir(model_path)
     check_contract(model, spec, str(model_path))
     check_inputs(cfg.inputs, cfg.storage_options)
-    output = _check_output(cfg.output, cfg.overwrite, cfg.storage_options)
-    return LabelConfig(**{
-        **cfg.__dict__,
-        "model_path": str(model_path),
-        "cache_dir": str(cache),
-        "output": output,
-        "random_weights": bool(metadata(model).get("random_weights")),
-    })
+    cfg = replace(cfg, model_path=str(model_path), cache_dir=str(cache),
+                  random_weights=bool(metadata(model).get("random_weights")),
+                  ir_sha256=ir_sha256(model_path))
+    return replace(cfg, output=_check_output(cfg))

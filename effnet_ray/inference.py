@@ -1,14 +1,18 @@
-"""OpenVINO inference in Ray actors: compile once, keep every stream busy, return rows.
+"""OpenVINO inference in Ray actors: compile once, keep every stream busy, commit rows.
 
 The compiled model takes the preprocessed uint8 NHWC RGB image as it travels through the
 object store; PrePostProcessor converts type, layout and colour order inside the graph, so
 nothing float32 crosses the wire and the conversion runs in OpenVINO's threads.
+
+Each call labels one chunk and commits it as one output file before returning, so a chunk
+is done exactly when Ray sees its task finish; a task retried after an actor died rewrites
+the same file name.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import openvino as ov
@@ -17,7 +21,8 @@ from openvino.preprocess import ColorFormat, PrePostProcessor
 
 from effnet_ray.ir import check_contract, read_ir
 from effnet_ray.registry import ModelSpec, get_spec, load_labels
-from effnet_ray.writing import result_table
+from effnet_ray.storage import open_fs
+from effnet_ray.writing import Chunk, commit_chunk, result_table
 
 PRECISIONS = {"auto": None, "f32": "f32", "bf16": "bf16", "f16": "f16"}
 CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
@@ -32,6 +37,9 @@ class InferenceSettings:
     top_k: int = 5
     threads: int = 0
     cache_dir: str | None = None
+    output: str = ""
+    # repr=False: credentials may be in here and must never reach a log line
+    storage_options: dict = field(default_factory=dict, repr=False)
 
 
 def with_contract_input(model: ov.Model, spec: ModelSpec) -> ov.Model:
@@ -104,6 +112,7 @@ class Classifier:
         self.queue = ov.AsyncInferQueue(self.compiled, 2 * optimal)
         self.queue.set_callback(self._finished)
         self.submit_lock = threading.Lock()
+        self.fs, self.folder = open_fs(settings.output, settings.storage_options)
 
     @staticmethod
     def _finished(request: ov.InferRequest, userdata: tuple) -> None:
@@ -111,20 +120,37 @@ class Classifier:
         logits[row] = request.get_output_tensor(0).data[0]
         countdown.done()
 
-    def infer(self, images: np.ndarray, todo: list[int]) -> np.ndarray:
+    def infer(self, images: np.ndarray) -> np.ndarray:
         logits = np.zeros((len(images), self.spec.output.classes), dtype=np.float32)
-        countdown = _Countdown(len(todo))
-        for row in todo:
+        countdown = _Countdown(len(images))
+        for row in range(len(images)):
             with self.submit_lock:
                 self.queue.start_async({0: images[row:row + 1]}, (logits, row, countdown))
-        if todo:
+        if len(images):
             countdown.wait()
         return logits
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        errors = [e or None for e in batch["error"]]
-        todo = [i for i, e in enumerate(errors) if e is None]
-        logits = self.infer(batch["image"], todo)
-        return result_table(list(batch["path"]), self.spec.name, logits, errors, self.labels,
-                            self.settings.top_k, [v or None for v in batch["source_label"]],
-                            [v or None for v in batch["source_metadata"]])
+    def label_chunk(self, chunk: dict) -> pa.Table:
+        errors = chunk["errors"]
+        good = [i for i, e in enumerate(errors) if e is None]
+        height, width = self.spec.input.height, self.spec.input.width
+        images = np.frombuffer(chunk["pixels"], np.uint8).reshape(len(good), height, width, 3)
+        logits = np.zeros((len(errors), self.spec.output.classes), dtype=np.float32)
+        logits[good] = self.infer(images)
+        return result_table(chunk["paths"], self.spec.name, logits, errors, self.labels,
+                            self.settings.top_k, chunk["source_labels"],
+                            chunk["source_metadata"])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Label and commit each chunk (a row of `batch`); return what was committed."""
+        committed = []
+        for i in range(batch.num_rows):
+            chunk = {name: batch.column(name)[i] for name in batch.column_names}
+            chunk = {k: v.as_buffer() if k == "pixels" else v.as_py() for k, v in chunk.items()}
+            table = self.label_chunk(chunk)
+            done = Chunk(chunk["uid"], chunk["first"], table.num_rows,
+                         table.num_rows - table.column("error").null_count, chunk["last"])
+            commit_chunk(self.fs, self.folder, done, table)
+            committed.append(done)
+        return pa.table({"rows": [c.rows for c in committed],
+                         "errors": [c.errors for c in committed]})

@@ -1,15 +1,18 @@
-"""Work units -> samples -> preprocessed batches: the CPU stage that runs as Ray tasks.
+"""Work units -> samples -> preprocessed chunks: the CPU stage that runs as Ray tasks.
 
 A sample is (path, bytes or a reason, existing label, existing metadata). Each task streams
-its unit and yields small batches, so a shard never sits in memory whole. Anything that
-cannot be read or decoded yields a row with its reason and an all-zero image that inference
-skips; nothing is dropped.
+its unit and yields one chunk per `batch_size` samples: the rows that one inference call
+labels and one output file commits. Chunks a previous run committed are skipped before
+their bytes are read (files, Parquet row groups) or decoded (members of a tar stream).
+Anything that cannot be read or decoded is a row with its reason; nothing is dropped. A
+store error that may pass is retried, resuming a shard where it broke off; if it persists,
+the task fails rather than commit rows that a rerun could still label.
 """
 
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +23,15 @@ from effnet_ray.errors import UserError
 from effnet_ray.listing import IMAGE_EXTENSIONS, suffix
 from effnet_ray.preprocessing import MAX_PIXELS, ImageError, preprocess_bytes
 from effnet_ray.registry import get_spec
-from effnet_ray.storage import named_errors, open_fs, short_reason
+from effnet_ray.storage import (
+    ATTEMPTS,
+    PERMANENT,
+    backoff,
+    named_errors,
+    open_fs,
+    retrying,
+    short_reason,
+)
 
 ROWS_PER_BATCH = 8
 SHARD_SEPARATOR = "::"
@@ -43,14 +54,21 @@ class ReadOptions:
     image_column: str = "image"
     id_column: str = "id"
     max_pixels: int = MAX_PIXELS
+    batch_size: int = 32
 
 
-def file_samples(uris: list[str], opts: ReadOptions) -> Iterator[Sample]:
-    for uri in uris:
+Skip = Callable[[int], bool]
+
+
+def file_samples(uris: list[str], opts: ReadOptions, skip: Skip) -> Iterator[Sample | None]:
+    for index, uri in enumerate(uris):
+        if skip(index):
+            yield None
+            continue
+        fs, path = open_fs(uri, opts.storage_options)
         try:
-            fs, path = open_fs(uri, opts.storage_options)
-            yield Sample(uri, data=fs.cat_file(path))
-        except Exception as exc:  # any store failure is this input's error, not the run's
+            yield Sample(uri, data=retrying(lambda: fs.cat_file(path)))  # noqa: B023
+        except PERMANENT as exc:
             yield Sample(uri, error=f"unreadable object ({short_reason(exc)})")
 
 
@@ -72,22 +90,23 @@ def _sample_from(shard: str, key: str, members: dict[str, bytes]) -> Sample:
     return Sample(path, data=members[sorted(images)[0]], label=label, metadata=metadata)
 
 
-def tar_samples(uri: str, opts: ReadOptions) -> Iterator[Sample]:
+def tar_samples(uri: str, opts: ReadOptions, skip: Skip) -> Iterator[Sample | None]:
     """Stream a WebDataset shard: consecutive members with one key form one sample."""
-    key, members = None, {}
+    key, members, index = None, {}, 0
+    fs, path = open_fs(uri, opts.storage_options)
     try:
-        fs, path = open_fs(uri, opts.storage_options)
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
                 member_key, ext = _key(member.name)
                 if member_key != key and key is not None:
-                    yield _sample_from(uri, key, members)
-                    members = {}
+                    yield None if skip(index) else _sample_from(uri, key, members)
+                    members, index = {}, index + 1
                 key = member_key
-                members[ext] = tar.extractfile(member).read()
-    except Exception as exc:  # a truncated or unreachable shard: say where it stopped
+                if not skip(index):
+                    members[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError) as exc:  # a truncated shard: say where it stopped
         reason = short_reason(exc)
         if members:
             yield _sample_from(uri, key, members)
@@ -96,7 +115,7 @@ def tar_samples(uri: str, opts: ReadOptions) -> Iterator[Sample]:
         yield Sample(uri, error=f"unreadable shard after {key or 'its start'} ({reason})")
         return
     if key is not None:
-        yield _sample_from(uri, key, members)
+        yield None if skip(index) else _sample_from(uri, key, members)
 
 
 def _missing_image_column(names: list[str], opts: ReadOptions) -> str | None:
@@ -120,9 +139,10 @@ def _image_bytes(value: object) -> bytes | None:
     return value if isinstance(value, bytes) else None
 
 
-def parquet_samples(uri: str, opts: ReadOptions) -> Iterator[Sample]:
+def parquet_samples(uri: str, opts: ReadOptions, skip: Skip) -> Iterator[Sample | None]:
+    """Rows of a Parquet shard; row groups whose rows are all done are not read."""
+    fs, path = open_fs(uri, opts.storage_options)
     try:
-        fs, path = open_fs(uri, opts.storage_options)
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
             names = parquet.schema_arrow.names
@@ -132,26 +152,57 @@ def parquet_samples(uri: str, opts: ReadOptions) -> Iterator[Sample]:
                 return
             columns = [opts.image_column] + ([opts.id_column] if opts.id_column in names else [])
             row = 0
-            for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, columns=columns):
-                ids = (batch.column(opts.id_column).to_pylist() if len(columns) == 2
-                       else range(row, row + batch.num_rows))
-                for value, ident in zip(batch.column(0).to_pylist(), ids, strict=True):
-                    data = _image_bytes(value)
-                    sample_path = f"{uri}{SHARD_SEPARATOR}{ident}"
-                    yield (Sample(sample_path, data=data) if data is not None
-                           else Sample(sample_path, error="no image bytes in this row"))
-                row += batch.num_rows
-    except (OSError, pa.ArrowException, ValueError) as exc:
+            for group in range(parquet.num_row_groups):
+                count = parquet.metadata.row_group(group).num_rows
+                if all(skip(i) for i in range(row, row + count)):
+                    yield from [None] * count
+                    row += count
+                    continue
+                for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, row_groups=[group],
+                                                  columns=columns):
+                    ids = (batch.column(opts.id_column).to_pylist() if len(columns) == 2
+                           else range(row, row + batch.num_rows))
+                    for value, ident in zip(batch.column(0).to_pylist(), ids, strict=True):
+                        data = _image_bytes(value)
+                        sample_path = f"{uri}{SHARD_SEPARATOR}{ident}"
+                        if skip(row):
+                            yield None
+                        elif data is None:
+                            yield Sample(sample_path, error="no image bytes in this row")
+                        else:
+                            yield Sample(sample_path, data=data)
+                        row += 1
+    except (pa.ArrowInvalid, ValueError) as exc:
         yield Sample(uri, error=f"unreadable Parquet shard ({short_reason(exc)})")
 
 
-def unit_samples(kind: str, uris: list[str], opts: ReadOptions) -> Iterator[Sample]:
+def _resuming(read: Callable[[Skip], Iterator[Sample | None]], skip: Skip
+              ) -> Iterator[Sample | None]:
+    """`read`, reopened after a transient store error and continued past what it yielded."""
+    yielded = 0
+    for attempt in range(ATTEMPTS):
+        try:
+            for index, sample in enumerate(read(lambda i: i < yielded or skip(i))):  # noqa: B023
+                if index >= yielded:
+                    yielded += 1
+                    yield sample
+            return
+        except PERMANENT:
+            raise
+        except Exception:  # stores raise anything from OSError to botocore errors
+            if attempt == ATTEMPTS - 1:
+                raise
+            backoff(attempt)
+
+
+def unit_samples(kind: str, uris: list[str], opts: ReadOptions, skip: Skip
+                 ) -> Iterator[Sample | None]:
+    """Samples of a unit in a fixed order; None where `skip(index)` says the row is done."""
     if kind == "files":
-        yield from file_samples(uris, opts)
-        return
+        return file_samples(uris, opts, skip)
     read_shard = tar_samples if kind == "webdataset" else parquet_samples
-    for uri in uris:
-        yield from read_shard(uri, opts)
+    (uri,) = uris
+    return _resuming(lambda s: read_shard(uri, opts, s), skip)
 
 
 def preprocess_sample(sample: Sample, opts: ReadOptions) -> np.ndarray | None:
@@ -166,33 +217,50 @@ def preprocess_sample(sample: Sample, opts: ReadOptions) -> np.ndarray | None:
     return None
 
 
-def _batch(samples: list[Sample], images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    def text(values: list[str | None]) -> np.ndarray:
-        return np.array([v or "" for v in values], dtype=object)
+CHUNK_SCHEMA = pa.schema([
+    ("uid", pa.string()),
+    ("first", pa.int64()),
+    ("last", pa.bool_()),
+    ("paths", pa.list_(pa.string())),
+    ("errors", pa.list_(pa.string())),
+    ("source_labels", pa.list_(pa.string())),
+    ("source_metadata", pa.list_(pa.string())),
+    # the decoded uint8 HxWx3 images of the rows without an error, back to back
+    ("pixels", pa.large_binary()),
+])
 
-    return {
-        "path": np.array([s.path for s in samples], dtype=object),
-        "image": np.stack(images),
-        "error": text([s.error for s in samples]),
-        "source_label": text([s.label for s in samples]),
-        "source_metadata": text([s.metadata for s in samples]),
-    }
+
+def _chunk(uid: str, first: int, last: bool, samples: list[Sample], images: list[np.ndarray]
+           ) -> pa.Table:
+    pixels = np.stack(images) if images else np.zeros(0, np.uint8)
+    offsets = pa.py_buffer(np.array([0, pixels.nbytes], dtype=np.int64))
+    return pa.Table.from_arrays([
+        pa.array([uid]), pa.array([first], pa.int64()), pa.array([last]),
+        pa.array([[s.path for s in samples]]), pa.array([[s.error for s in samples]]),
+        pa.array([[s.label for s in samples]]), pa.array([[s.metadata for s in samples]]),
+        pa.LargeBinaryArray.from_buffers(pa.large_binary(), 1,
+                                         [None, offsets, pa.py_buffer(pixels)]),
+    ], schema=CHUNK_SCHEMA)
 
 
-def read_units(batch: dict[str, np.ndarray], *, options: ReadOptions
-               ) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data map_batches function over work units (columns `kind`, `uris`)."""
-    spec = get_spec(options.model)
-    blank = np.zeros((spec.input.height, spec.input.width, 3), dtype=np.uint8)
-    for kind, uris in zip(batch["kind"], batch["uris"], strict=True):
-        samples, images = [], []
-        for sample in unit_samples(str(kind), [str(u) for u in uris], options):
-            image = preprocess_sample(sample, options)
-            samples.append(sample)
-            images.append(blank if image is None else image)
-            if len(samples) == ROWS_PER_BATCH:
-                yield _batch(samples, images)
-                samples, images = [], []
-        if samples:
-            yield _batch(samples, images)
-
+def read_units(batch: dict[str, np.ndarray], *, options: ReadOptions) -> Iterator[pa.Table]:
+    """Ray Data map_batches function over work units (columns kind, uris, uid, done)."""
+    size = options.batch_size
+    for kind, uris, uid, done in zip(batch["kind"], batch["uris"], batch["uid"], batch["done"],
+                                     strict=True):
+        done = {int(d) for d in done}
+        first, samples, images = 0, [], []
+        skip = lambda i: i // size * size in done  # noqa: B023, E731
+        for index, sample in enumerate(unit_samples(str(kind), [str(u) for u in uris],
+                                                    options, skip)):
+            if index // size * size != first:
+                if first not in done:
+                    yield _chunk(str(uid), first, False, samples, images)
+                first, samples, images = index // size * size, [], []
+            if sample is not None:
+                image = preprocess_sample(sample, options)
+                samples.append(sample)
+                if image is not None:
+                    images.append(image)
+        if first not in done:  # an empty unit still commits its (empty) last chunk
+            yield _chunk(str(uid), first, True, samples, images)

@@ -122,9 +122,12 @@ S3_SECRET = "secret-effnet-9f8e7d6c5b4a"
 
 
 @pytest.fixture(scope="session")
-def s3_env():
-    """A real S3 API server on loopback (moto_server), with the variables a user would set."""
-    proc, port = _start_moto()
+def s3_env(tmp_path_factory):
+    """A real S3 API server on loopback (moto_server), with the variables a user would set.
+
+    Its request recorder (off until a test starts it) writes to a temporary file."""
+    recording = tmp_path_factory.mktemp("moto") / "recording.jsonl"
+    proc, port = _start_moto({"MOTO_RECORDER_FILEPATH": str(recording)})
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "effnetkey",
            "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
     yield env

@@ -180,15 +180,6 @@ def test_unsupported_precision_on_this_device(lite0_ir, tmp_path):
     one_line_error(result, f"cannot infer in {precision}")
 
 
-def test_existing_results_need_overwrite(lite0_ir, tmp_path):
-    args = ["label", PHOTOS / "chelsea.jpg", "--output", tmp_path / "out", "--model",
-            "efficientnet-lite0", "--model-path", lite0_ir]
-    assert run_cli(*args).returncode == 0
-    one_line_error(run_cli(*args), "already holds results", "--overwrite")
-    assert run_cli(*args, "--overwrite").returncode == 0
-    assert read_output(tmp_path / "out").num_rows == 1
-
-
 def test_demo_labels_the_cat_and_the_coffee(tmp_path):
     result = run_cli("demo", "--output", tmp_path / "demo", "--cache-dir", tmp_path / "cache")
     assert result.returncode == 0, result.stderr

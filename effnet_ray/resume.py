@@ -1,0 +1,198 @@
+"""What is already done: committed chunk files, the run manifest, and what a rerun skips.
+
+The output folder is the only record. Each committed chunk is one Parquet file whose name
+says which unit and rows it holds and how many of them are errors:
+
+    part-<unit id>-<first row, 7 digits>-n<rows>-e<errors>[-last].parquet
+
+A file gets that name only once it is whole (see `writing.put_atomic`), so listing the
+folder's names, never opening a file, tells a rerun what to skip: ~16,000 names for a
+million images, a few list calls on an object store. `-last` marks the final chunk of a unit,
+so a shard whose length nobody knew in advance is known to be complete.
+
+`_manifest.json` says what the rows were made with; a rerun that would mix results of another
+model, precision, top-k or grouping into the folder is refused before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata as package_metadata
+from typing import TYPE_CHECKING
+
+import pyarrow.parquet as pq
+from fsspec.spec import AbstractFileSystem
+
+from effnet_ray.errors import UserError
+from effnet_ray.listing import Unit
+from effnet_ray.storage import named_errors
+from effnet_ray.writing import TMP_PREFIX, Chunk, put_atomic
+
+if TYPE_CHECKING:
+    from effnet_ray.config import LabelConfig
+
+MANIFEST = "_manifest.json"
+# The settings that decide what the rows are; any difference makes a mixed output.
+IDENTITY = ("model", "ir_sha256", "precision", "top_k", "inputs", "layout", "image_column",
+            "id_column", "unit_size", "batch_size")
+VERSIONED = ("effnet-ray", "ray", "openvino", "pyarrow", "numpy", "pillow", "fsspec")
+
+
+@dataclass
+class Committed:
+    """The chunks in an output folder, by unit id and first row."""
+
+    chunks: dict[str, dict[int, Chunk]] = field(default_factory=dict)
+    duplicates: list[str] = field(default_factory=list)  # same rows committed twice
+    leftovers: list[str] = field(default_factory=list)  # temporary files of a crashed write
+
+    def add(self, chunk: Chunk) -> None:
+        starts = self.chunks.setdefault(chunk.uid, {})
+        if chunk.first in starts:  # a retried chunk that came out differently: keep one
+            chunk, extra = sorted((chunk, starts[chunk.first]), key=lambda c: c.name)
+            self.duplicates.append(extra.name)
+        starts[chunk.first] = chunk
+
+    def done_starts(self, uid: str) -> list[int]:
+        return sorted(self.chunks.get(uid, {}))
+
+    def complete(self, uid: str, batch_size: int) -> bool:
+        starts = self.chunks.get(uid, {})
+        last = [c.first for c in starts.values() if c.last]
+        return bool(last) and all(s in starts for s in range(0, last[0] + 1, batch_size))
+
+    def totals(self) -> tuple[int, int]:
+        """(rows, errors) over every committed chunk."""
+        chunks = [c for starts in self.chunks.values() for c in starts.values()]
+        return sum(c.rows for c in chunks), sum(c.errors for c in chunks)
+
+
+def scan(fs: AbstractFileSystem, path: str) -> Committed:
+    committed = Committed()
+    with named_errors(path):
+        fs.invalidate_cache()
+        names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] \
+            if fs.isdir(path) else []
+    for name in sorted(names):
+        chunk = Chunk.parse(name)
+        if chunk:
+            committed.add(chunk)
+        elif name.startswith(TMP_PREFIX):
+            committed.leftovers.append(name)
+    return committed
+
+
+def tidy(fs: AbstractFileSystem, path: str, committed: Committed, units: Iterable[Unit]
+         ) -> int:
+    """Remove what must not count: crashed writes, duplicates, and chunks of units that no
+    longer exist although some of their images are still listed (a file added to or removed
+    from their unit: those images are redone in their new unit). Chunks whose images are all
+    gone from the inputs stay: results are not thrown away because inputs were moved.
+    Returns how many chunks went."""
+    units = list(units)
+    wanted = {u.uid for u in units}
+    stale = [c for uid in committed.chunks if uid not in wanted
+             for c in committed.chunks[uid].values()]
+    listed = {uri for u in units if u.kind == "files" for uri in u.uris} if stale else set()
+    redo = [c for c in stale if listed & set(_paths(fs, f"{path}/{c.name}"))]
+    for chunk in redo:
+        del committed.chunks[chunk.uid][chunk.first]
+    with named_errors(path):
+        for name in committed.leftovers + committed.duplicates + [c.name for c in redo]:
+            fs.rm_file(f"{path}/{name}")
+    committed.leftovers, committed.duplicates = [], []
+    return len(redo)
+
+
+def _paths(fs: AbstractFileSystem, file: str) -> list[str]:
+    with named_errors(file), fs.open(file, "rb") as f:
+        return pq.read_table(f, columns=["path"]).column("path").to_pylist()
+
+
+def identity(cfg: LabelConfig, ir_sha256: str) -> dict:
+    settings = {k: getattr(cfg, k) for k in IDENTITY if k not in ("ir_sha256", "inputs")}
+    return {**settings, "inputs": list(cfg.inputs), "ir_sha256": ir_sha256}
+
+
+def read_manifest(fs: AbstractFileSystem, path: str) -> dict | None:
+    with named_errors(path):
+        if not fs.exists(f"{path}/{MANIFEST}"):
+            return None
+        text = fs.cat_file(f"{path}/{MANIFEST}")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise UserError(f"{path}/{MANIFEST} is not valid JSON; pass --overwrite to start "
+                        "over") from None
+
+
+def check_resumable(fs: AbstractFileSystem, path: str, wanted: dict) -> dict | None:
+    """The manifest to continue, or None for an empty folder; refuses a mixed output."""
+    manifest = read_manifest(fs, path)
+    if manifest is None:
+        with named_errors(path):
+            if fs.isdir(path) and any(Chunk.parse(n.rsplit("/", 1)[-1]) or n.endswith(".parquet")
+                                      for n in fs.ls(path, detail=False)):
+                raise UserError(f"output {path} holds Parquet files of another tool or an "
+                                "older run (no manifest); pass --overwrite to replace them")
+        return None
+    had = manifest.get("identity", {})
+    differ = [k for k in IDENTITY if had.get(k) != wanted.get(k)]
+    if differ:
+        what = "; ".join(f"{k}: {_show(had.get(k))} there, {_show(wanted.get(k))} now"
+                         for k in differ)
+        raise UserError(f"output {path} holds results made differently ({what}); rerun with "
+                        "the same settings to resume, or pass --overwrite to start over")
+    return manifest
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = package_metadata.version(name)
+        except package_metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def start_run(fs: AbstractFileSystem, path: str, manifest: dict | None, wanted: dict,
+              extra: dict) -> dict:
+    """Record a run's start; an earlier run still marked running was killed."""
+    manifest = manifest or {"identity": wanted, "runs": []}
+    for run in manifest["runs"]:
+        if run.get("status") == "running":
+            run["status"] = "interrupted"
+    manifest["runs"].append({"started": _now(), "ended": None, "status": "running",
+                             "host": socket.gethostname(), "versions": versions(), **extra})
+    manifest["status"] = "incomplete"
+    write_manifest(fs, path, manifest)
+    return manifest
+
+
+def end_run(fs: AbstractFileSystem, path: str, manifest: dict, status: str,
+            counts: dict) -> None:
+    manifest["runs"][-1].update(ended=_now(), status=status, **counts)
+    if status == "complete":
+        manifest["status"] = "complete"
+    write_manifest(fs, path, manifest)
+
+
+def write_manifest(fs: AbstractFileSystem, path: str, manifest: dict) -> None:
+    data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    with named_errors(path):
+        put_atomic(fs, f"{path}/{MANIFEST}", data)

@@ -1,0 +1,414 @@
+"""Resume and faults: a killed driver, a killed actor, a store that blips; nothing lost,
+nothing twice, and done inputs never read again.
+
+Every run is the real CLI in its own process on a real local Ray; kills are real SIGKILLs.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageOps
+
+from effnet_ray.storage import open_fs
+from effnet_ray.writing import Chunk, commit_chunk
+from tests.conftest import CLI, PHOTOS, one_line_error, run_cli
+
+IMAGES = 84  # 21 chunks of 4: long enough to be killed part-way, short enough for CI
+
+
+@pytest.fixture(scope="module")
+def many_photos(tmp_path_factory):
+    """84 distinct real photos: crops and mirrors of the bundled ones, at most 320 px."""
+    folder = tmp_path_factory.mktemp("many")
+    photos = [Image.open(p).convert("RGB") for p in sorted(PHOTOS.iterdir())
+              if p.suffix != ".md"]
+    for k in range(IMAGES // len(photos)):
+        for j, photo in enumerate(photos):
+            w, h = photo.size
+            variant = photo.crop((k * 7 % (w // 4), k * 5 % (h // 4), w - k * 3 % (w // 4), h))
+            variant = ImageOps.mirror(variant) if k % 2 else variant
+            variant.thumbnail((320, 320))
+            variant.save(folder / f"img{k * len(photos) + j:03d}.jpg", quality=90)
+    assert len(list(folder.iterdir())) == IMAGES
+    return folder
+
+
+def job_args(lite0_ir):
+    return ["--model", "efficientnet-lite0", "--model-path", lite0_ir, "--precision", "f32",
+            "--batch-size", "4", "--unit-size", "8"]
+
+
+def rows_by_name(folder, filesystem=None):
+    """{file name: row} of an output folder; fails on any name seen twice."""
+    table = pads.dataset(str(folder), format="parquet", filesystem=filesystem).to_table()
+    rows = {}
+    for row in table.to_pylist():
+        name = row["path"].rsplit("/", 1)[-1]
+        assert name not in rows, f"{name} is in the output twice"
+        rows[name] = row
+    return rows
+
+
+@pytest.fixture(scope="module")
+def reference(many_photos, lite0_ir, tmp_path_factory):
+    """An uninterrupted run: what every interrupted and resumed run must end up with."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    result = run_cli("label", many_photos, "--output", out, *job_args(lite0_ir))
+    assert result.returncode == 0, result.stderr
+    rows = rows_by_name(out)
+    assert len(rows) == IMAGES and not any(r["error"] for r in rows.values())
+    return rows
+
+
+def assert_same_results(rows, reference):
+    assert sorted(rows) == sorted(reference)
+    for name, row in rows.items():
+        ref = reference[name]
+        assert row["error"] is None and row["top_k_ids"] == ref["top_k_ids"], name
+        np.testing.assert_allclose(row["logits"], ref["logits"], rtol=1e-5, atol=1e-5)
+
+
+def start_cli(*args, log, env=None):
+    return subprocess.Popen([*CLI, *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
+
+
+def wait_for(predicate, timeout=300, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_until_still(count, seconds=3.0, timeout=60):
+    """Ray's workers outlive a killed driver by a few seconds and commit what they hold."""
+    last, since = count(), time.time()
+    deadline = time.time() + timeout
+    while time.time() - since < seconds and time.time() < deadline:
+        time.sleep(0.2)
+        now = count()
+        if now != last:
+            last, since = now, time.time()
+    return last
+
+
+def committed_paths(files, open_file=open):
+    paths = []
+    for name in files:
+        with open_file(name, "rb") as f:
+            paths += pq.read_table(f, columns=["path"]).column("path").to_pylist()
+    return paths
+
+
+def manifest(folder):
+    return json.loads((Path(folder) / "_manifest.json").read_text())
+
+
+def test_killed_driver_then_rerun_finishes_without_reading_done_inputs(
+        many_photos, reference, lite0_ir, tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(many_photos, inputs)
+    out = tmp_path / "out"
+    args = ["label", inputs, "--output", out, *job_args(lite0_ir)]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = start_cli(*args, log=log)
+        wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 2, what="two commits")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    wait_until_still(lambda: len(list(out.glob("part-*.parquet"))))
+    done = committed_paths(sorted(out.glob("part-*.parquet")))
+    assert 0 < len(done) < IMAGES, "the kill came too late to test anything"
+    assert manifest(out)["status"] == "incomplete"
+    # The rerun cannot read what it should skip: those inputs are gone.
+    for path in done:
+        os.remove(path)
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert_same_results(rows_by_name(out), reference)
+    runs = manifest(out)["runs"]
+    assert [r["status"] for r in runs] == ["interrupted", "complete"]
+    assert runs[-1]["this_run"] == IMAGES - len(done)
+    assert manifest(out)["status"] == "complete"
+
+
+def _classifier_pids():
+    """Ray names an actor's process after its class (ray::MapWorker(MapBatches(Classifier)))."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"Classifier" in (entry / "cmdline").read_bytes():
+                pids.add(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_actor_is_replaced_and_the_run_completes(many_photos, reference, lite0_ir,
+                                                          tmp_path):
+    out = tmp_path / "out"
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start_cli("label", many_photos, "--output", out, *job_args(lite0_ir), log=log)
+        wait_for(lambda: list(out.glob("part-*.parquet")), what="a first commit")
+        victims = _classifier_pids()
+        assert len(victims) == 1, victims
+        os.kill(next(iter(victims)), signal.SIGKILL)
+        # Ray Data restarts the actor in a new process and retries what the dead one held
+        wait_for(lambda: _classifier_pids() - victims or proc.poll() is not None,
+                 what="a new actor")
+        assert _classifier_pids() - victims, "the run ended before an actor replaced the dead"
+        assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()
+    assert_same_results(rows_by_name(out), reference)
+    assert manifest(out)["runs"][-1]["this_run"] == IMAGES
+
+
+class FlakyProxy:
+    """A TCP proxy in front of the S3 server that can drop every connection for a while:
+    a bucket that blips, on the real network path."""
+
+    def __init__(self, port):
+        self.target = ("127.0.0.1", port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.down = False
+        self.open = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            self.open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                s.close()
+
+    def blip(self, seconds):
+        self.down = True
+        for s in self.open:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.open = []
+        time.sleep(seconds)
+        self.down = False
+
+    def close(self):
+        self.server.close()
+
+
+def _upload(s3, folder, prefix):
+    for path in sorted(folder.iterdir()):
+        s3.put(str(path), f"{prefix}/{path.name}")
+
+
+class S3Requests:
+    """moto_server's own request recorder: which objects a run really fetched."""
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+
+    def _call(self, action):
+        with urllib.request.urlopen(f"{self.endpoint}/moto-api/recorder/{action}",
+                                    data=None if action.startswith("download") else b"") as r:
+            return r.read().decode()
+
+    def __enter__(self):
+        self._call("reset-recording")
+        self._call("start-recording")
+        return self
+
+    def __exit__(self, *exc):
+        self._call("stop-recording")
+
+    def fetched(self):
+        lines = self._call("download-recording").splitlines()
+        requests = [json.loads(line) for line in lines if line.strip()]
+        return {urllib.parse.unquote(urllib.parse.urlsplit(r["url"]).path).lstrip("/")
+                for r in requests if r["method"] == "GET"}
+
+
+def test_killed_driver_then_rerun_on_s3(s3, s3_env, many_photos, reference, lite0_ir, tmp_path):
+    s3.mkdir("resume-in")
+    s3.mkdir("resume-out")
+    _upload(s3, many_photos, "resume-in/photos")
+    args = ["label", "s3://resume-in/photos", "--output", "s3://resume-out/run",
+            *job_args(lite0_ir)]
+
+    def commits():
+        s3.invalidate_cache()
+        return s3.glob("resume-out/run/part-*.parquet")
+
+    with open(tmp_path / "first.log", "w") as log:
+        proc = start_cli(*args, log=log, env=s3_env)
+        wait_for(lambda: len(commits()) >= 2, what="two commits")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    wait_until_still(lambda: len(commits()))
+    done = {p.removeprefix("s3://") for p in committed_paths(commits(), s3.open)}
+    assert 0 < len(done) < IMAGES
+    with S3Requests(s3_env["AWS_ENDPOINT_URL"]) as requests:
+        result = run_cli(*args, env=s3_env)
+    assert result.returncode == 0, result.stderr
+    fetched = requests.fetched()
+    everything = {f"resume-in/photos/{p.name}" for p in many_photos.iterdir()}
+    assert not fetched & done, "the rerun read images that were already committed"
+    assert everything - done <= fetched
+    handler = pafs.PyFileSystem(pafs.FSSpecHandler(s3))
+    assert_same_results(rows_by_name("resume-out/run", handler), reference)
+    runs = json.loads(s3.cat_file("resume-out/run/_manifest.json"))["runs"]
+    assert runs[-1]["status"] == "complete" and runs[-1]["this_run"] == IMAGES - len(done)
+
+
+def test_a_store_that_blips_mid_run_costs_nothing(s3, s3_env, many_photos, reference, lite0_ir,
+                                                  tmp_path):
+    s3.mkdir("blip-in")
+    s3.mkdir("blip-out")
+    _upload(s3, many_photos, "blip-in/photos")
+    proxy = FlakyProxy(int(s3_env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
+    env = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
+    try:
+        with open(tmp_path / "run.log", "w") as log:
+            proc = start_cli("label", "s3://blip-in/photos", "--output", "s3://blip-out/run",
+                             *job_args(lite0_ir), log=log, env=env)
+
+            def commits():
+                s3.invalidate_cache()
+                return s3.glob("blip-out/run/part-*.parquet")
+
+            wait_for(commits, what="a first commit")
+            proxy.blip(12)  # longer than botocore alone rides out on a write (~5 s)
+            assert len(commits()) < IMAGES // 4, "the run ended before the blip"
+            assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()
+    finally:
+        proxy.close()
+    handler = pafs.PyFileSystem(pafs.FSSpecHandler(s3))
+    assert_same_results(rows_by_name("blip-out/run", handler), reference)
+
+
+def test_a_commit_rides_out_a_store_outage_longer_than_botocore_retries(s3, s3_env):
+    """botocore alone gives up on a write after ~5 s of refused connections (measured here);
+    a commit waits out an 8 s outage and then lands whole."""
+    s3.mkdir("outage")
+    proxy = FlakyProxy(int(s3_env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
+    fs, folder = open_fs("s3://outage/out", {
+        "endpoint_url": f"http://127.0.0.1:{proxy.port}", "key": s3_env["AWS_ACCESS_KEY_ID"],
+        "secret": s3_env["AWS_SECRET_ACCESS_KEY"]})
+    table = pa.table({"path": ["a", "b"]})
+    chunk = Chunk("0123456789abcdef", 0, 2, 0, True)
+    proxy.down = True
+    threading.Timer(8, lambda: setattr(proxy, "down", False)).start()
+    started = time.time()
+    try:
+        commit_chunk(fs, folder, chunk, table)
+    finally:
+        proxy.close()
+    assert time.time() - started > 7
+    with s3.open(f"outage/out/{chunk.name}", "rb") as f:
+        assert pq.read_table(f).equals(table)
+
+
+def small_args(lite0_ir, out, inputs=PHOTOS, **changes):
+    """The 7 bundled photos in units of 3 and chunks of 2; `changes` override options."""
+    options = {"--model": "efficientnet-lite0", "--model-path": lite0_ir, "--precision": "f32",
+               "--batch-size": "2", "--unit-size": "3", **changes}
+    return ["label", inputs, "--output", out, *[x for kv in options.items() for x in kv]]
+
+
+def test_crash_leftovers_and_duplicates_do_not_count(lite0_ir, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(*small_args(lite0_ir, out)).returncode == 0
+    before = rows_by_name(out)
+    chunks = sorted(out.glob("part-*.parquet"))
+    # a write that a crash cut short, a chunk committed twice with different error counts
+    # (a retried batch), and a chunk lost
+    (out / f".tmp-{chunks[0].name}.0123abcd").write_bytes(chunks[0].read_bytes()[:100])
+    twice = chunks[1].name.replace("-e0", "-e1")
+    shutil.copy(chunks[1], out / twice)
+    chunks[2].unlink()
+    result = run_cli(*small_args(lite0_ir, out))
+    assert result.returncode == 0, result.stderr
+    after = rows_by_name(out)  # fails if the duplicate still counted
+    assert sorted(after) == sorted(before)
+    assert not list(out.glob(".tmp-*")) and not (out / twice).exists()
+    assert manifest(out)["runs"][-1]["this_run"] == int(chunks[2].name.split("-n")[1][0])
+
+
+def test_a_file_added_to_the_inputs_is_labelled_without_redoing_the_rest(lite0_ir, tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(PHOTOS, inputs)
+    out = tmp_path / "out"
+    assert run_cli(*small_args(lite0_ir, out, inputs)).returncode == 0
+    shutil.copy(PHOTOS / "coffee.jpg", inputs / "coffee-again.jpg")
+    result = run_cli(*small_args(lite0_ir, out, inputs))
+    assert result.returncode == 0, result.stderr
+    rows = rows_by_name(out)
+    assert "coffee-again.jpg" in rows and len(rows) == 8
+    assert manifest(out)["runs"][-1]["this_run"] <= 6  # one unit of 3 on average, at most 6
+
+
+def test_a_rerun_made_differently_is_refused(lite0_ir, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(*small_args(lite0_ir, out)).returncode == 0
+    files = sorted(p.name for p in out.iterdir())
+    for flag, value in [("--top-k", "3"), ("--precision", "auto"), ("--batch-size", "4"),
+                        ("--unit-size", "5")]:
+        result = run_cli(*small_args(lite0_ir, out, **{flag: value}))
+        one_line_error(result, "made differently", flag[2:].replace("-", "_"), "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == files
+    assert run_cli(*small_args(lite0_ir, out, **{"--top-k": "3"}), "--overwrite"
+                   ).returncode == 0
+    assert len(manifest(out)["runs"]) == 1
+    assert [len(r["top_k_ids"]) for r in rows_by_name(out).values()] == [3] * 7
+
+
+def test_another_model_into_the_same_output_is_refused(lite0_ir, b7_irs, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(*small_args(lite0_ir, out)).returncode == 0
+    b7 = b7_irs["efficientnet-b7-pytorch"]
+    result = run_cli(*small_args(lite0_ir, out, **{"--model": "efficientnet-b7-pytorch",
+                                                   "--model-path": b7}))
+    one_line_error(result, "made differently", "model", "ir_sha256")
+
+
+def test_parquet_files_of_another_tool_are_not_mixed_into(lite0_ir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"x": [1]}), out / "other.parquet")
+    one_line_error(run_cli(*small_args(lite0_ir, out)), "no manifest", "--overwrite")
+    assert run_cli(*small_args(lite0_ir, out), "--overwrite").returncode == 0
+    assert not (out / "other.parquet").exists() and len(rows_by_name(out)) == 7
