@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32, help="N; runs N and 2N images")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="CPU")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, help="default: label's default")
     parser.add_argument("--seconds", type=int, default=30, help="benchmark_app duration")
     parser.add_argument("--repeats", type=int, default=2, help="N/2N pairs to average")
     args = parser.parse_args()

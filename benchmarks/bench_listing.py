@@ -1,9 +1,11 @@
-"""Benchmark: listing a million keys and grouping them into work units.
+"""Benchmark: listing a million keys, grouping them into work units, and reading back
+what a finished run committed (the resume scan).
 
 A simulated store (fsspec's in-memory filesystem, keys spread over 1,000 prefixes) isolates
-what effnet-ray itself costs: finding the keys, classifying them, grouping them into units
-and handing the units to Ray Data. A real object store adds its listing latency on top: S3's
-ListObjectsV2 returns 1,000 keys a page, so 1M keys are 1,000 sequential requests.
+what effnet-ray itself costs: finding the keys, classifying them, grouping them into units,
+handing the units to Ray Data, and deciding from the output's file names which units are
+done. A real object store adds its listing latency on top: S3's ListObjectsV2 returns 1,000
+keys a page, so 1M keys are 1,000 sequential requests and the ~31,000 result files 32.
 
     .venv/bin/python benchmarks/bench_listing.py [--keys 1000000]
 """
@@ -18,6 +20,8 @@ from fsspec.implementations.memory import MemoryFile
 from effnet_ray.config import LabelConfig
 from effnet_ray.job import MAX_READ_BLOCKS
 from effnet_ray.listing import list_sources, work_units
+from effnet_ray.resume import scan
+from effnet_ray.writing import Chunk
 
 
 def main() -> None:
@@ -25,6 +29,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     args = parser.parse_args()
     unit_size = LabelConfig.__dataclass_fields__["unit_size"].default
+    batch_size = LabelConfig.__dataclass_fields__["batch_size"].default
 
     fs = fsspec.filesystem("memory")
     fs.store.clear()
@@ -37,9 +42,22 @@ def main() -> None:
     print(f"listed and grouped {args.keys} keys into {len(units)} units of {unit_size}: "
           f"{listed:.1f} s ({args.keys / listed:,.0f} keys/s)")
 
+    for unit in units:  # what a finished run leaves: one file per chunk
+        for first in range(0, len(unit.uris), batch_size):
+            rows = min(batch_size, len(unit.uris) - first)
+            name = Chunk(unit.uid, first, rows, 0, first + rows == len(unit.uris)).name
+            fs.store[f"/out/{name}"] = MemoryFile(fs, f"/out/{name}", b"")
+    started = time.perf_counter()
+    committed = scan(fs, "/out")
+    done = sum(committed.complete(u.uid, batch_size) for u in units)
+    scanned = time.perf_counter() - started
+    print(f"resume scan: {sum(map(len, committed.chunks.values()))} committed files, "
+          f"{done}/{len(units)} units complete: {scanned:.1f} s")
+
     ray.init(include_dashboard=False, logging_level="ERROR")
     started = time.perf_counter()
-    ds = ray.data.from_items([{"kind": k, "uris": u} for k, u in units],
+    ds = ray.data.from_items([{"kind": u.kind, "uris": list(u.uris), "uid": u.uid, "done": []}
+                              for u in units],
                              override_num_blocks=min(len(units), MAX_READ_BLOCKS))
     print(f"Ray Data dataset of {ds.count()} units: {time.perf_counter() - started:.1f} s")
     ray.shutdown()

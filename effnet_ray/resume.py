@@ -1,14 +1,14 @@
 """What is already done: committed chunk files, the run manifest, and what a rerun skips.
 
 The output folder is the only record. Each committed chunk is one Parquet file whose name
-says which unit and rows it holds and how many of them are errors:
+(`writing.Chunk`) says which unit and rows it holds and how many of them are errors:
 
     part-<unit id>-<first row, 7 digits>-n<rows>-e<errors>[-last].parquet
 
-A file gets that name only once it is whole (see `writing.put_atomic`), so listing the
-folder's names, never opening a file, tells a rerun what to skip: ~16,000 names for a
-million images, a few list calls on an object store. `-last` marks the final chunk of a unit,
-so a shard whose length nobody knew in advance is known to be complete.
+A file gets that name only once it is whole (`writing.put_atomic`), so listing the folder's
+names, never opening a file, tells a rerun what to skip: ~31,000 names for a million images
+at the defaults, a few dozen list calls on an object store. `-last` marks the final chunk of a
+unit, so a shard whose length nobody knew in advance is known to be complete.
 
 `_manifest.json` says what the rows were made with; a rerun that would mix results of another
 model, precision, top-k or grouping into the folder is refused before any work.
@@ -30,7 +30,7 @@ from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
 from effnet_ray.listing import Unit
-from effnet_ray.storage import named_errors
+from effnet_ray.storage import display, named_errors
 from effnet_ray.writing import TMP_PREFIX, Chunk, put_atomic
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class Committed:
 
 def scan(fs: AbstractFileSystem, path: str) -> Committed:
     committed = Committed()
-    with named_errors(path):
+    with named_errors(display(fs, path)):
         fs.invalidate_cache()
         names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] \
             if fs.isdir(path) else []
@@ -102,7 +102,7 @@ def tidy(fs: AbstractFileSystem, path: str, committed: Committed, units: Iterabl
     redo = [c for c in stale if listed & set(_paths(fs, f"{path}/{c.name}"))]
     for chunk in redo:
         del committed.chunks[chunk.uid][chunk.first]
-    with named_errors(path):
+    with named_errors(display(fs, path)):
         for name in committed.leftovers + committed.duplicates + [c.name for c in redo]:
             fs.rm_file(f"{path}/{name}")
     committed.leftovers, committed.duplicates = [], []
@@ -110,7 +110,7 @@ def tidy(fs: AbstractFileSystem, path: str, committed: Committed, units: Iterabl
 
 
 def _paths(fs: AbstractFileSystem, file: str) -> list[str]:
-    with named_errors(file), fs.open(file, "rb") as f:
+    with named_errors(display(fs, file)), fs.open(file, "rb") as f:
         return pq.read_table(f, columns=["path"]).column("path").to_pylist()
 
 
@@ -120,25 +120,25 @@ def identity(cfg: LabelConfig, ir_sha256: str) -> dict:
 
 
 def read_manifest(fs: AbstractFileSystem, path: str) -> dict | None:
-    with named_errors(path):
+    where = f"{display(fs, path)}/{MANIFEST}"
+    with named_errors(where):
         if not fs.exists(f"{path}/{MANIFEST}"):
             return None
         text = fs.cat_file(f"{path}/{MANIFEST}")
     try:
         return json.loads(text)
     except ValueError:
-        raise UserError(f"{path}/{MANIFEST} is not valid JSON; pass --overwrite to start "
-                        "over") from None
+        raise UserError(f"{where} is not valid JSON; pass --overwrite to start over") from None
 
 
 def check_resumable(fs: AbstractFileSystem, path: str, wanted: dict) -> dict | None:
     """The manifest to continue, or None for an empty folder; refuses a mixed output."""
+    where = display(fs, path)
     manifest = read_manifest(fs, path)
     if manifest is None:
-        with named_errors(path):
-            if fs.isdir(path) and any(Chunk.parse(n.rsplit("/", 1)[-1]) or n.endswith(".parquet")
-                                      for n in fs.ls(path, detail=False)):
-                raise UserError(f"output {path} holds Parquet files of another tool or an "
+        with named_errors(where):
+            if fs.isdir(path) and any(n.endswith(".parquet") for n in fs.ls(path, detail=False)):
+                raise UserError(f"output {where} holds Parquet files of another tool or an "
                                 "older run (no manifest); pass --overwrite to replace them")
         return None
     had = manifest.get("identity", {})
@@ -146,7 +146,7 @@ def check_resumable(fs: AbstractFileSystem, path: str, wanted: dict) -> dict | N
     if differ:
         what = "; ".join(f"{k}: {_show(had.get(k))} there, {_show(wanted.get(k))} now"
                          for k in differ)
-        raise UserError(f"output {path} holds results made differently ({what}); rerun with "
+        raise UserError(f"output {where} holds results made differently ({what}); rerun with "
                         "the same settings to resume, or pass --overwrite to start over")
     return manifest
 
@@ -194,5 +194,5 @@ def end_run(fs: AbstractFileSystem, path: str, manifest: dict, status: str,
 
 def write_manifest(fs: AbstractFileSystem, path: str, manifest: dict) -> None:
     data = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    with named_errors(path):
+    with named_errors(display(fs, path)):
         put_atomic(fs, f"{path}/{MANIFEST}", data)
