@@ -5,7 +5,7 @@ A simulated store (fsspec's in-memory filesystem, keys spread over 1,000 prefixe
 what effnet-ray itself costs: finding the keys, classifying them, grouping them into units,
 handing the units to Ray Data, and deciding from the output's file names which units are
 done. A real object store adds its listing latency on top: S3's ListObjectsV2 returns 1,000
-keys a page, so 1M keys are 1,000 sequential requests and the ~31,000 result files 32.
+keys a page, so 1M keys are 1,000 sequential requests and the ~40,000 result files 40.
 
     .venv/bin/python benchmarks/bench_listing.py [--keys 1000000]
 """

@@ -6,7 +6,7 @@ The output folder is the only record. Each committed chunk is one Parquet file w
     part-<unit id>-<first row, 7 digits>-n<rows>-e<errors>[-last].parquet
 
 A file gets that name only once it is whole (`writing.put_atomic`), so listing the folder's
-names, never opening a file, tells a rerun what to skip: ~31,000 names for a million images
+names, never opening a file, tells a rerun what to skip: ~40,000 names for a million images
 at the defaults, a few dozen list calls on an object store. `-last` marks the final chunk of a
 unit, so a shard whose length nobody knew in advance is known to be complete.
 
