@@ -38,9 +38,21 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int,
                    help=_with_default("images per inference call and per committed output file",
                                      "batch_size"))
-    p.add_argument("--actors", type=int, help=_with_default("OpenVINO actors", "actors"))
+    p.add_argument("--pool", help="a pool profile from configs/pools (cpu, cpu-pinned, "
+                   "intel-gpu...): device and placement in one flag; options given here win")
+    p.add_argument("--actors", help=_with_default("OpenVINO actors, or auto (as many as the "
+                                                  "cluster holds)", "actors"))
     p.add_argument("--actor-cpus", type=float,
                    help=_with_default("logical CPUs each actor reserves", "actor_cpus"))
+    p.add_argument("--actor-gpus", type=float,
+                   help="GPUs each actor reserves (default: 1 with --device GPU, else 0)")
+    p.add_argument("--actor-resources", metavar="JSON",
+                   help='Ray resources an actor needs, e.g. \'{"ov_cpu": 1}\'')
+    p.add_argument("--actor-labels", metavar="JSON",
+                   help='node labels an actor needs, e.g. \'{"pool": "inference"}\'')
+    p.add_argument("--reader-resources", metavar="JSON",
+                   help="Ray resources a decoding task needs")
+    p.add_argument("--reader-labels", metavar="JSON", help="node labels a decoding task needs")
     p.add_argument("--threads", type=int, help="OpenVINO threads per actor (0: all cores)")
     p.add_argument("--unit-size", type=int,
                    help=_with_default("image files per read task, on average", "unit_size"))
@@ -193,14 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry_point() -> None:
+def entry_point(argv: list[str] | None = None) -> None:
     """Exit without interpreter finalisation once everything is flushed.
 
     Ray and pyarrow's native threads can abort at interpreter exit after a finished job
     (ray-project/ray#49088; seen once here as a stack trace and a non-zero exit), which would
     turn a successful run into a failed one. Ray is already shut down when main returns.
     """
-    code = main()
+    code = main(argv)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

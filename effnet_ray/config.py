@@ -19,17 +19,21 @@ from effnet_ray.ir import (
     check_contract,
     default_cache_dir,
     ir_sha256,
+    local_ir,
     metadata,
     prepared_path,
     read_ir,
 )
 from effnet_ray.listing import LAYOUTS, check_inputs
+from effnet_ray.pools import check_labels, check_resources, get_pool
 from effnet_ray.preprocessing import MAX_PIXELS
 from effnet_ray.registry import get_spec
 from effnet_ray.resume import check_resumable, identity
 from effnet_ray.storage import display, is_read_only, named_errors, open_fs
 
 DEFAULT_MODEL = "efficientnet-b7-pytorch"
+_JSON_OPTIONS = ("storage_options", "actor_resources", "actor_labels", "reader_resources",
+                 "reader_labels")
 _DEVICE = re.compile(r"^(CPU|(GPU|NPU)(\.\d+)?|(AUTO|MULTI|HETERO)(:[A-Z0-9.,]+)?)$")
 
 
@@ -43,8 +47,14 @@ class LabelConfig:
     precision: str = "auto"
     top_k: int = 5
     batch_size: int = 32
-    actors: int = 1
+    pool: str = ""
+    actors: int | str = 1  # or "auto": as many as the cluster holds
     actor_cpus: float = 1.0
+    actor_gpus: float = 0.0
+    actor_resources: dict = field(default_factory=dict)
+    actor_labels: dict = field(default_factory=dict)
+    reader_resources: dict = field(default_factory=dict)
+    reader_labels: dict = field(default_factory=dict)
     threads: int = 0
     unit_size: int = 64
     address: str | None = None
@@ -113,18 +123,18 @@ def clear_output(output: str, options: dict) -> None:
             fs.rm(entry, recursive=True)
 
 
-def parse_storage_options(text: str | dict | None) -> dict:
+def parse_json_object(option: str, text: str | dict | None) -> dict:
     if not text:
         return {}
     if isinstance(text, dict):
         return text
     try:
-        options = json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"--storage-options is not valid JSON ({exc.msg})") from None
-    if not isinstance(options, dict):
-        raise UserError("--storage-options must be a JSON object")
-    return options
+        raise UserError(f"--{option} is not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"--{option} must be a JSON object")
+    return value
 
 
 def _positive(name: str, value: float) -> None:
@@ -141,7 +151,14 @@ def build_label_config(inputs: list[str] | tuple[str, ...], output: str, **optio
     if unknown:
         raise UserError(f"unknown option(s): {', '.join(sorted(unknown))}")
     options = {k: v for k, v in options.items() if v is not None}
-    options["storage_options"] = parse_storage_options(options.get("storage_options"))
+    if options.get("pool"):  # the profile's settings, unless given explicitly
+        options = {**get_pool(str(options["pool"])), **options}
+    for name in _JSON_OPTIONS:
+        options[name] = parse_json_object(name.replace("_", "-"), options.get(name))
+    if str(options.get("device", "")).startswith("GPU") and "actor_gpus" not in options:
+        options["actor_gpus"] = 1.0  # Ray places GPU actors by its GPU resource
+    if options.get("actors") is not None:
+        options["actors"] = _actors(options["actors"])
     storage = options["storage_options"]
     # absolute local paths: a rerun from another folder is the same run
     inputs = tuple(display(*open_fs(str(i), storage)) for i in inputs)
@@ -149,8 +166,14 @@ def build_label_config(inputs: list[str] | tuple[str, ...], output: str, **optio
     spec = get_spec(cfg.model)
     if cfg.layout not in LAYOUTS:
         raise UserError(f"unknown layout '{cfg.layout}' (use {', '.join(LAYOUTS)})")
-    for name in ("batch_size", "actors", "actor_cpus", "unit_size", "max_pixels"):
+    for name in ("batch_size", "actor_cpus", "unit_size", "max_pixels"):
         _positive(name, getattr(cfg, name))
+    if cfg.actor_gpus < 0:
+        raise UserError(f"--actor-gpus must be 0 or positive, not {cfg.actor_gpus}")
+    check_resources(cfg.actor_resources, "--actor-resources")
+    check_resources(cfg.reader_resources, "--reader-resources")
+    check_labels(cfg.actor_labels, "--actor-labels")
+    check_labels(cfg.reader_labels, "--reader-labels")
     if not 1 <= cfg.top_k <= spec.output.classes:
         raise UserError(f"--top-k must be between 1 and {spec.output.classes}, not {cfg.top_k}")
     if cfg.threads < 0:
@@ -158,16 +181,30 @@ def build_label_config(inputs: list[str] | tuple[str, ...], output: str, **optio
     _check_device(cfg.device, cfg.precision, local=cfg.address is None)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     if cfg.model_path:
-        model_path = Path(cfg.model_path).expanduser().resolve()
+        model_path = (display(*open_fs(cfg.model_path, storage)) if "://" in cfg.model_path
+                      else str(Path(cfg.model_path).expanduser().resolve()))
     else:
-        model_path = prepared_path(cache, cfg.model)
-        if not model_path.is_file():
+        model_path = str(prepared_path(cache, cfg.model))
+        if not Path(model_path).is_file():
             raise UserError(f"model {cfg.model} is not prepared in {cache}: run "
                             f"`effnet-ray models prepare {cfg.model}` or pass --model-path")
-    model = read_ir(model_path)
-    check_contract(model, spec, str(model_path))
+    local = local_ir(model_path, cache, storage)
+    model = read_ir(local)
+    check_contract(model, spec, model_path)
     check_inputs(cfg.inputs, cfg.storage_options)
-    cfg = replace(cfg, model_path=str(model_path), cache_dir=str(cache),
+    cfg = replace(cfg, model_path=model_path,
                   random_weights=bool(metadata(model).get("random_weights")),
-                  ir_sha256=ir_sha256(model_path))
+                  ir_sha256=ir_sha256(local))
     return replace(cfg, output=_check_output(cfg))
+
+
+def _actors(value: object) -> int | str:
+    if value == "auto":
+        return "auto"
+    try:
+        actors = int(value)
+    except (TypeError, ValueError):
+        actors = 0
+    if actors <= 0 or isinstance(value, bool) or str(actors) != str(value).strip():
+        raise UserError(f"--actors must be a positive number or auto, not {value}")
+    return actors

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import openvino as ov
 import pyarrow as pa
+import ray
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
-from effnet_ray.ir import check_contract, read_ir
+from effnet_ray.ir import check_contract, default_cache_dir, local_ir, read_ir
 from effnet_ray.registry import ModelSpec, get_spec, load_labels
 from effnet_ray.storage import open_fs
 from effnet_ray.writing import Chunk, commit_chunk, result_table
@@ -36,7 +38,8 @@ class InferenceSettings:
     precision: str = "auto"
     top_k: int = 5
     threads: int = 0
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # None: each node's default (ir.default_cache_dir)
+    ir_sha256: str = ""
     output: str = ""
     # repr=False: credentials may be in here and must never reach a log line
     storage_options: dict = field(default_factory=dict, repr=False)
@@ -63,18 +66,43 @@ def compile_settings(settings: InferenceSettings) -> dict:
     return config
 
 
+def openvino_device(device: str, ray_gpu_ids: list[str], visible_gpus: list[str]) -> str:
+    """The OpenVINO device for an actor Ray gave `ray_gpu_ids`.
+
+    Ray numbers Intel GPUs as Level Zero does and hides the others from an actor with
+    ZE_AFFINITY_MASK. OpenVINO's GPU plugin runs on OpenCL, which may or may not honour that
+    mask: if OpenVINO sees just the actor's GPUs, they are GPU.0..; if it sees all of them,
+    Ray's id is the index (both enumerate the node's GPUs in the same, PCI, order).
+    An explicit GPU.N, or a run without Ray GPUs, is left as it is.
+    """
+    if device != "GPU" or not ray_gpu_ids:
+        return device
+    if len(visible_gpus) <= len(ray_gpu_ids):
+        return "GPU.0" if len(visible_gpus) > 1 else "GPU"
+    return f"GPU.{ray_gpu_ids[0]}"
+
+
 def compile_model(settings: InferenceSettings, core: ov.Core | None = None) -> ov.CompiledModel:
     core = core or ov.Core()
-    if settings.cache_dir:
-        core.set_property({"CACHE_DIR": settings.cache_dir})
+    cache = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
+    # compiled blobs: an actor restarting on a node it ran on skips compilation
+    core.set_property({"CACHE_DIR": str(cache / "compiled")})
     spec = get_spec(settings.model)
-    model = read_ir(settings.model_path, core)
+    path = local_ir(settings.model_path, cache, settings.storage_options, settings.ir_sha256)
+    model = read_ir(path, core)
     check_contract(model, spec, settings.model_path)
-    device = settings.device
+    gpus = [d for d in core.available_devices if d.startswith("GPU")]
+    device = openvino_device(settings.device, _ray_gpu_ids(), gpus)
     config = compile_settings(settings)
     if not device.startswith(("CPU", "GPU", "NPU")):
         config.pop("INFERENCE_NUM_THREADS", None)
     return core.compile_model(with_contract_input(model, spec), device, config)
+
+
+def _ray_gpu_ids() -> list[str]:
+    if not ray.is_initialized():
+        return []
+    return [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
 
 
 class _Countdown:

@@ -6,17 +6,22 @@ whether the weights are random), so a file found on disk says what it is.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 from xml.etree import ElementTree
 
 import numpy as np
 import openvino as ov
+from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
 from effnet_ray.registry import ModelSpec
+from effnet_ray.storage import display, is_local, named_errors, open_fs, retrying
 
 META_KEY = "effnet_ray"
 
@@ -162,3 +167,49 @@ def default_cache_dir() -> Path:
 def prepared_path(cache: Path, name: str, random_seed: int | None = None) -> Path:
     folder = name if random_seed is None else f"{name}-random-seed{random_seed}"
     return cache / "models" / folder / "model.xml"
+
+
+def local_ir(model_path: str, cache: Path, storage_options: dict | None = None,
+             expected_sha256: str | None = None) -> Path:
+    """A local, checksum-verified copy of the IR at `model_path` (a path or a store URI).
+
+    An IR on an object store is fetched once per machine into `cache/fetched/<sha256>/`,
+    under a lock and complete before it gets that name; a local path is used in place. With
+    `expected_sha256` (the driver's), a node whose copy differs is refused instead of
+    labelling with another model.
+    """
+    fs, path = open_fs(model_path, storage_options)
+    if is_local(fs):
+        local = Path(path)
+        if expected_sha256 and ir_sha256(local) != expected_sha256:
+            raise UserError(f"model file {local} on this node differs from the one the run "
+                            "was started with (sha256); use an object-store URI for the IR")
+        return local
+    if not path.endswith(".xml"):
+        raise UserError(f"model file {model_path} is not an OpenVINO IR (.xml)")
+    fetched = cache / "fetched"
+    fetched.mkdir(parents=True, exist_ok=True)
+    # one fetch per machine: actors starting together wait for the first one's copy
+    with open(fetched / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if expected_sha256 and (fetched / expected_sha256 / "model.xml").is_file():
+            return fetched / expected_sha256 / "model.xml"
+        return _fetch(fs, path, model_path, fetched, expected_sha256)
+
+
+def _fetch(fs: AbstractFileSystem, path: str, model_path: str, fetched: Path,
+           expected_sha256: str | None) -> Path:
+    tmp = fetched / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        with named_errors(display(fs, path)):
+            for source, name in ((path, "model.xml"), (path[:-4] + ".bin", "model.bin")):
+                retrying(lambda s=source, n=name: fs.get_file(s, str(tmp / n)))
+        digest = ir_sha256(tmp / "model.xml")
+        if expected_sha256 and digest != expected_sha256:
+            raise UserError(f"model file {model_path} changed since the run started (sha256)")
+        if not (fetched / digest).is_dir():
+            os.rename(tmp, fetched / digest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return fetched / digest / "model.xml"

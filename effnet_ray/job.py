@@ -19,6 +19,7 @@ from effnet_ray.config import LabelConfig, clear_output
 from effnet_ray.errors import UserError
 from effnet_ray.inference import Classifier, InferenceSettings
 from effnet_ray.listing import Unit, list_sources, work_units
+from effnet_ray.pools import actor_request, auto_actors, fitting_actors
 from effnet_ray.reading import ReadOptions, check_parquet_columns, read_units
 from effnet_ray.resume import (
     Committed,
@@ -87,12 +88,30 @@ def read_options(cfg: LabelConfig) -> ReadOptions:
                        max_pixels=cfg.max_pixels, batch_size=cfg.batch_size)
 
 
-def build_dataset(cfg: LabelConfig, units: list[Unit], committed: Committed
+def _placement(resources: dict, labels: dict) -> dict:
+    """map_batches arguments that pin a stage to the nodes carrying resources or labels."""
+    return {**({"resources": resources} if resources else {}),
+            **({"label_selector": labels} if labels else {})}
+
+
+def pool_size(cfg: LabelConfig) -> int:
+    """The number of actors; refuses a request that no node of the cluster can hold, which
+    Ray would otherwise wait on forever."""
+    request = actor_request(cfg.actor_cpus, cfg.actor_gpus, cfg.actor_resources)
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]
+             and all(n.get("Labels", {}).get(k) == v for k, v in cfg.actor_labels.items())]
+    if fitting_actors(nodes, request) < 1:
+        wanted = f"{request}, labels {cfg.actor_labels}" if cfg.actor_labels else str(request)
+        raise UserError(f"no node of the cluster has what an inference actor asks for: {wanted}")
+    return auto_actors(nodes, request) if cfg.actors == "auto" else int(cfg.actors)
+
+
+def build_dataset(cfg: LabelConfig, units: list[Unit], committed: Committed, actors: int
                   ) -> ray.data.Dataset:
     settings = InferenceSettings(
         model_path=cfg.model_path, model=cfg.model, device=cfg.device,
         precision=cfg.precision, top_k=cfg.top_k, threads=cfg.threads,
-        cache_dir=os.path.join(cfg.cache_dir, "compiled"), output=cfg.output,
+        cache_dir=cfg.cache_dir or None, ir_sha256=cfg.ir_sha256, output=cfg.output,
         storage_options=cfg.storage_options,
     )
     items = [{"kind": u.kind, "uris": list(u.uris), "uid": u.uid,
@@ -102,7 +121,8 @@ def build_dataset(cfg: LabelConfig, units: list[Unit], committed: Committed
     # arguments, keeps Ray Data from fusing decoding into the actors, where it would stall
     # inference.
     ds = ds.map_batches(read_units, fn_kwargs={"options": read_options(cfg)}, batch_size=1,
-                        num_cpus=1, memory=DECODE_MEMORY, batch_format="numpy")
+                        num_cpus=1, memory=DECODE_MEMORY, batch_format="numpy",
+                        **_placement(cfg.reader_resources, cfg.reader_labels))
     # One chunk per call: the actor commits exactly the rows of one output file.
     return ds.map_batches(
         Classifier,
@@ -110,8 +130,10 @@ def build_dataset(cfg: LabelConfig, units: list[Unit], committed: Committed
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=cfg.actor_cpus,
+        num_gpus=cfg.actor_gpus,
+        **_placement(cfg.actor_resources, cfg.actor_labels),
         compute=ray.data.ActorPoolStrategy(
-            size=cfg.actors,
+            size=actors,
             max_tasks_in_flight_per_actor=CONCURRENT_CALLS * 2,
             max_concurrent_calls_per_actor=CONCURRENT_CALLS,
             enable_true_multi_threading=True,
@@ -125,7 +147,11 @@ def _label(cfg: LabelConfig, units: list[Unit], committed: Committed) -> int:
     started = last_report = time.time()
     owns_ray = _start_ray(cfg.address)
     try:
-        for stats in build_dataset(cfg, units, committed).iter_batches(
+        actors = pool_size(cfg)
+        print(f"inference: {actors} actor(s) on {cfg.device}, each "
+              f"{actor_request(cfg.actor_cpus, cfg.actor_gpus, cfg.actor_resources)}",
+              file=sys.stderr)
+        for stats in build_dataset(cfg, units, committed, actors).iter_batches(
                 batch_size=None, batch_format="pyarrow"):
             rows += pc.sum(stats.column("rows")).as_py() or 0
             errors += pc.sum(stats.column("errors")).as_py() or 0
@@ -199,5 +225,7 @@ def run(cfg: LabelConfig) -> Summary:
 def run_settings(cfg: LabelConfig) -> dict:
     """What the manifest records about how a run ran (never the storage options)."""
     return {"model_path": cfg.model_path, "random_weights": cfg.random_weights,
-            "device": cfg.device, "actors": cfg.actors, "actor_cpus": cfg.actor_cpus,
+            "device": cfg.device, "pool": cfg.pool, "actors": cfg.actors,
+            "actor_cpus": cfg.actor_cpus, "actor_gpus": cfg.actor_gpus,
+            "actor_resources": cfg.actor_resources, "actor_labels": cfg.actor_labels,
             "threads": cfg.threads, "address": cfg.address}

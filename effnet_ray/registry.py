@@ -94,7 +94,7 @@ def configs_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "configs"
 
 
-def _take(table: dict, key: str, kind: type | tuple[type, ...], where: str) -> object:
+def take(table: dict, key: str, kind: type | tuple[type, ...], where: str) -> object:
     if key not in table:
         raise UserError(f"{where}: missing key '{key}'")
     value = table[key]
@@ -103,34 +103,34 @@ def _take(table: dict, key: str, kind: type | tuple[type, ...], where: str) -> o
     return value
 
 
-def _no_extra(table: dict, allowed: set[str], where: str) -> None:
+def no_extra(table: dict, allowed: set[str], where: str) -> None:
     extra = set(table) - allowed
     if extra:
         raise UserError(f"{where}: unknown keys {sorted(extra)}")
 
 
 def _parse_input(t: dict, where: str) -> TensorSpec:
-    _no_extra(t, {"name", "layout", "shape", "color", "range"}, where)
-    layout = _take(t, "layout", str, where)
-    shape = tuple(_take(t, "shape", list, where))
+    no_extra(t, {"name", "layout", "shape", "color", "range"}, where)
+    layout = take(t, "layout", str, where)
+    shape = tuple(take(t, "shape", list, where))
     if layout not in ("NCHW", "NHWC"):
         raise UserError(f"{where}: layout must be NCHW or NHWC, not {layout}")
     if len(shape) != 4 or shape[0] != 1 or shape[layout.index("C")] != 3:
         raise UserError(f"{where}: shape {list(shape)} is not a 1x3xHxW image in {layout}")
-    color = _take(t, "color", str, where)
+    color = take(t, "color", str, where)
     if color not in ("RGB", "BGR"):
         raise UserError(f"{where}: color must be RGB or BGR, not {color}")
-    lo, hi = _take(t, "range", list, where)
-    return TensorSpec(_take(t, "name", str, where), layout, shape, color, (lo, hi))
+    lo, hi = take(t, "range", list, where)
+    return TensorSpec(take(t, "name", str, where), layout, shape, color, (lo, hi))
 
 
 def _parse_step(t: dict, where: str) -> Step:
-    op = _take(t, "op", str, where)
+    op = take(t, "op", str, where)
     if op not in PREPROCESS_OPS:
         raise UserError(f"{where}: unknown preprocessing op '{op}'")
-    _no_extra(t, PREPROCESS_OPS[op] | {"op"}, where)
+    no_extra(t, PREPROCESS_OPS[op] | {"op"}, where)
     for key in PREPROCESS_OPS[op] - {"interpolation"}:
-        value = _take(t, key, (int, float), where)
+        value = take(t, key, (int, float), where)
         if value <= 0 or (key == "fraction" and value > 1):
             raise UserError(f"{where}: '{key}' out of range ({value})")
     interpolation = t.get("interpolation", "bicubic")
@@ -142,11 +142,11 @@ def _parse_step(t: dict, where: str) -> Step:
 def _parse_source(t: dict, where: str) -> Source:
     keys = {"architecture", "weights_file", "weights_sha256", "weights_size", "mean", "scale",
             "weights_url", "weights_package"}
-    _no_extra(t, keys, where)
+    no_extra(t, keys, where)
     for key in ("mean", "scale"):
-        if len(_take(t, key, list, where)) != 3:
+        if len(take(t, key, list, where)) != 3:
             raise UserError(f"{where}: '{key}' needs three values")
-    sha = _take(t, "weights_sha256", str, where)
+    sha = take(t, "weights_sha256", str, where)
     if len(sha) != 64:
         raise UserError(f"{where}: weights_sha256 is not a sha256 hex digest")
     if not (t.get("weights_url") or t.get("weights_package")):
@@ -156,16 +156,16 @@ def _parse_source(t: dict, where: str) -> Source:
 
 def parse_spec(data: dict, where: str) -> ModelSpec:
     """Validate one model file's contents; every error names the file and the key."""
-    _no_extra(data, {"name", "description", "labels", "input", "output", "preprocess", "source",
+    no_extra(data, {"name", "description", "labels", "input", "output", "preprocess", "source",
                      "card"}, where)
-    tensor = _parse_input(_take(data, "input", dict, where), f"{where} [input]")
-    out = _take(data, "output", dict, where)
-    _no_extra(out, {"name", "kind", "classes"}, f"{where} [output]")
-    if _take(out, "kind", str, where) != "logits":
+    tensor = _parse_input(take(data, "input", dict, where), f"{where} [input]")
+    out = take(data, "output", dict, where)
+    no_extra(out, {"name", "kind", "classes"}, f"{where} [output]")
+    if take(out, "kind", str, where) != "logits":
         raise UserError(f"{where} [output]: only 'logits' outputs are supported")
-    output = OutputSpec(_take(out, "name", str, where), "logits", _take(out, "classes", int, where))
+    output = OutputSpec(take(out, "name", str, where), "logits", take(out, "classes", int, where))
     steps = tuple(_parse_step(s, f"{where} [[preprocess]]")
-                  for s in _take(data, "preprocess", list, where))
+                  for s in take(data, "preprocess", list, where))
     last_sized = [s for s in steps if s.op in ("resize", "center_crop")]
     if not last_sized or (last_sized[-1].width, last_sized[-1].height) != (tensor.width,
                                                                           tensor.height):
@@ -174,30 +174,33 @@ def parse_spec(data: dict, where: str) -> ModelSpec:
     if steps[-1].op not in ("resize", "center_crop"):
         raise UserError(f"{where}: the last preprocessing step must fix the size")
     card = data.get("card")
-    labels = _take(data, "labels", str, where)
+    labels = take(data, "labels", str, where)
     if not resources.files("effnet_ray").joinpath("data", labels).is_file():
         raise UserError(f"{where}: label file '{labels}' is not in effnet_ray/data")
     return ModelSpec(
-        name=_take(data, "name", str, where),
-        description=_take(data, "description", str, where),
+        name=take(data, "name", str, where),
+        description=take(data, "description", str, where),
         labels=labels,
         input=tensor,
         output=output,
         preprocess=steps,
-        source=_parse_source(_take(data, "source", dict, where), f"{where} [source]"),
+        source=_parse_source(take(data, "source", dict, where), f"{where} [source]"),
         card=Card(**card) if card else None,
     )
+
+
+def read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
 
 
 @cache
 def all_specs() -> dict[str, ModelSpec]:
     specs = {}
     for path in sorted((configs_dir() / "models").glob("*.toml")):
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"{path}: not valid TOML ({exc})") from None
-        spec = parse_spec(data, str(path))
+        spec = parse_spec(read_toml(path), str(path))
         if spec.name != path.stem:
             raise UserError(f"{path}: name '{spec.name}' differs from the file name")
         specs[spec.name] = spec

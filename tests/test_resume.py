@@ -255,11 +255,15 @@ class S3Requests:
     def __exit__(self, *exc):
         self._call("stop-recording")
 
-    def fetched(self):
+    def gets(self):
+        """The bucket/key of every GET, in order, repeats included."""
         lines = self._call("download-recording").splitlines()
         requests = [json.loads(line) for line in lines if line.strip()]
-        return {urllib.parse.unquote(urllib.parse.urlsplit(r["url"]).path).lstrip("/")
-                for r in requests if r["method"] == "GET"}
+        return [urllib.parse.unquote(urllib.parse.urlsplit(r["url"]).path).lstrip("/")
+                for r in requests if r["method"] == "GET"]
+
+    def fetched(self):
+        return set(self.gets())
 
 
 def test_killed_driver_then_rerun_on_s3(s3, s3_env, many_photos, reference, lite0_ir, tmp_path):

@@ -1,0 +1,55 @@
+"""Pool profiles, actor sizing and the GPU device an actor gets: pure functions, no Ray."""
+
+import pytest
+
+from effnet_ray.errors import UserError
+from effnet_ray.inference import openvino_device
+from effnet_ray.ir import local_ir
+from effnet_ray.pools import all_pools, auto_actors, fitting_actors, parse_pool
+
+
+def test_every_bundled_profile_loads():
+    pools = all_pools()
+    assert {"cpu", "cpu-pinned", "intel-gpu"} <= set(pools)
+    assert pools["intel-gpu"]["device"] == "GPU" and pools["intel-gpu"]["actor_gpus"] == 1
+    assert pools["cpu-pinned"]["actor_resources"] == {"ov_cpu": 1}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"actors": "many"}, "'actors'"),
+    ({"actors": 0}, "'actors'"),
+    ({"actor_resources": {"CPU": 2}}, "give CPU with its own option"),
+    ({"actor_resources": {"ov": -1}}, "positive amount"),
+    ({"actor_labels": {"zone": 3}}, "string value"),
+    ({"surprise": 1}, "unknown keys"),
+])
+def test_a_bad_profile_is_refused_with_its_fault(change, message):
+    good = dict(all_pools()["cpu"], description="test")
+    with pytest.raises(UserError, match=message):
+        parse_pool({**good, **change}, "test.toml")
+
+
+def test_actors_fit_per_node_and_leave_cpus_for_decoding():
+    nodes = [{"CPU": 16.0}, {"CPU": 16.0}, {"CPU": 8.0, "GPU": 2.0}]
+    assert fitting_actors(nodes, {"CPU": 4}) == 10
+    assert auto_actors(nodes, {"CPU": 4}) == 9  # 40 CPUs: keep 2.5 for decoding
+    assert auto_actors(nodes, {"CPU": 1, "GPU": 1}) == 2
+    assert auto_actors([{"CPU": 2.0, "ov_cpu": 2.0}, {"CPU": 1.0}], {"CPU": 1, "ov_cpu": 1}) == 2
+    assert fitting_actors([{"CPU": 2.0}], {"CPU": 1, "ov_cpu": 1}) == 0
+
+
+@pytest.mark.parametrize("device, ray_ids, visible, expected", [
+    ("GPU", ["2"], ["GPU.0", "GPU.1", "GPU.2", "GPU.3"], "GPU.2"),  # OpenVINO sees all
+    ("GPU", ["2"], ["GPU"], "GPU"),  # Ray's mask reached OpenVINO: only the actor's GPU
+    ("GPU", ["1", "3"], ["GPU.0", "GPU.1"], "GPU.0"),
+    ("GPU.1", ["0"], ["GPU.0", "GPU.1"], "GPU.1"),  # explicit: kept
+    ("CPU", [], [], "CPU"),
+    ("GPU", [], ["GPU.0", "GPU.1"], "GPU"),  # outside Ray's GPU accounting
+])
+def test_the_gpu_ray_assigned_is_the_one_openvino_uses(device, ray_ids, visible, expected):
+    assert openvino_device(device, ray_ids, visible) == expected
+
+
+def test_a_node_whose_model_file_differs_is_refused(lite0_ir, tmp_path):
+    with pytest.raises(UserError, match="differs from the one the run was started with"):
+        local_ir(str(lite0_ir), tmp_path, expected_sha256="0" * 64)
