@@ -94,16 +94,24 @@ def _placement(resources: dict, labels: dict) -> dict:
             **({"label_selector": labels} if labels else {})}
 
 
+def _has_labels(node: dict, wanted: dict) -> bool:
+    """Plain `key: value` selectors; those with operators (!, in(...)) are Ray's to judge."""
+    return all(node.get(k) == v for k, v in wanted.items()
+               if not v.startswith("!") and "(" not in v)
+
+
 def pool_size(cfg: LabelConfig) -> int:
     """The number of actors; refuses a request that no node of the cluster can hold, which
     Ray would otherwise wait on forever."""
     request = actor_request(cfg.actor_cpus, cfg.actor_gpus, cfg.actor_resources)
-    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]
-             and all(n.get("Labels", {}).get(k) == v for k, v in cfg.actor_labels.items())]
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    nodes = [n["Resources"] for n in alive if _has_labels(n.get("Labels", {}), cfg.actor_labels)]
     if fitting_actors(nodes, request) < 1:
         wanted = f"{request}, labels {cfg.actor_labels}" if cfg.actor_labels else str(request)
         raise UserError(f"no node of the cluster has what an inference actor asks for: {wanted}")
-    return auto_actors(nodes, request) if cfg.actors == "auto" else int(cfg.actors)
+    if cfg.actors != "auto":
+        return int(cfg.actors)
+    return auto_actors(nodes, request, sum(n["Resources"].get("CPU", 0) for n in alive))
 
 
 def build_dataset(cfg: LabelConfig, units: list[Unit], committed: Committed, actors: int

@@ -76,11 +76,12 @@ def fitting_actors(nodes: list[dict[str, float]], request: dict[str, float]) -> 
                    for key, amount in request.items() if amount > 0) for node in nodes)
 
 
-def auto_actors(nodes: list[dict[str, float]], request: dict[str, float]) -> int:
-    """As many actors as fit, leaving DECODE_SHARE of the cluster's CPUs (at least one) to
-    the decoding tasks, without which the actors would wait forever."""
+def auto_actors(nodes: list[dict[str, float]], request: dict[str, float], total_cpus: float
+                ) -> int:
+    """As many actors as fit on `nodes` (those an actor may use), leaving DECODE_SHARE of the
+    cluster's `total_cpus` (at least one) to the decoding tasks, without which the actors
+    would wait forever."""
     actors = fitting_actors(nodes, request)
-    total_cpus = sum(node.get("CPU", 0) for node in nodes)
     spare = max(1.0, total_cpus * DECODE_SHARE)
     while actors > 1 and total_cpus - actors * request.get("CPU", 0) < spare:
         actors -= 1

@@ -4,6 +4,7 @@ actors really ran."""
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -41,8 +42,8 @@ def _ray_start(env, *args):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """head: 1 CPU; worker "ov": 2 CPUs and ov_cpu=2; worker "plain": 1 CPU. Each node has
-    its own model cache, as separate machines would."""
+    """head: 1 CPU; worker "ov": 2 CPUs, ov_cpu=2 and the label pool=inference; worker
+    "plain": 1 CPU. Each node has its own model cache, as separate machines would."""
     caches = {name: tmp_path_factory.mktemp(f"cache-{name}") for name in ("head", "ov", "plain")}
     env = {**os.environ, "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -54,7 +55,7 @@ def cluster(tmp_path_factory):
                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard))
         _ray_start({**env, "EFFNET_RAY_CACHE": str(caches["ov"])},
                    "--address", f"127.0.0.1:{port}", "--num-cpus", "2",
-                   "--resources", json.dumps({"ov_cpu": 2}))
+                   "--resources", json.dumps({"ov_cpu": 2}), "--labels", "pool=inference")
         _ray_start({**env, "EFFNET_RAY_CACHE": str(caches["plain"])},
                    "--address", f"127.0.0.1:{port}", "--num-cpus", "1")
         api = f"http://127.0.0.1:{dashboard}"
@@ -115,6 +116,20 @@ def test_job_submitted_from_jobs_runs_its_actors_only_where_asked(cluster, lite0
     assert "inference: 2 actor(s)" in logs  # auto: the ov node holds two
     where = classifier_nodes(cluster, job)
     assert len(where) == 2 and set(where) <= nodes_with(cluster, "ov_cpu")
+
+
+def test_actors_follow_node_labels_too(cluster, lite0_ir, tmp_path):
+    out = tmp_path / "out"
+    job, logs = submit(cluster, " ".join(
+        ["python", "jobs/label.py", str(PHOTOS), "--output", str(out), "--model-path",
+         str(lite0_ir), *JOB_ARGS[:-2], "--actors", "auto",
+         "--actor-labels", shlex.quote(json.dumps({"pool": "inference"}))]),
+        documented_runtime_env())
+    assert len(rows_by_name(out)) == 7
+    where = classifier_nodes(cluster, job)
+    labelled = {n.node_id for n in list_nodes(address=cluster["api"], detail=True)
+                if n.labels.get("pool") == "inference"}
+    assert len(where) == 2 and set(where) == labelled
 
 
 def test_job_with_the_model_in_s3_fetches_it_once_per_node(cluster, lite0_ir, s3, s3_env,

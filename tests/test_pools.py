@@ -32,9 +32,13 @@ def test_a_bad_profile_is_refused_with_its_fault(change, message):
 def test_actors_fit_per_node_and_leave_cpus_for_decoding():
     nodes = [{"CPU": 16.0}, {"CPU": 16.0}, {"CPU": 8.0, "GPU": 2.0}]
     assert fitting_actors(nodes, {"CPU": 4}) == 10
-    assert auto_actors(nodes, {"CPU": 4}) == 9  # 40 CPUs: keep 2.5 for decoding
-    assert auto_actors(nodes, {"CPU": 1, "GPU": 1}) == 2
-    assert auto_actors([{"CPU": 2.0, "ov_cpu": 2.0}, {"CPU": 1.0}], {"CPU": 1, "ov_cpu": 1}) == 2
+    assert auto_actors(nodes, {"CPU": 4}, 40) == 9  # keep 2.5 of 40 CPUs for decoding
+    assert auto_actors(nodes, {"CPU": 1, "GPU": 1}, 40) == 2
+    pinned = [{"CPU": 2.0, "ov_cpu": 2.0}, {"CPU": 1.0}]
+    assert auto_actors(pinned, {"CPU": 1, "ov_cpu": 1}, 3) == 2
+    # labels chose the first node only; the other node's CPU still decodes
+    assert auto_actors(pinned[:1], {"CPU": 1}, 3) == 2
+    assert auto_actors(pinned[:1], {"CPU": 1}, 2) == 1
     assert fitting_actors([{"CPU": 2.0}], {"CPU": 1, "ov_cpu": 1}) == 0
 
 
