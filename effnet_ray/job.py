@@ -19,7 +19,7 @@ from effnet_ray.config import LabelConfig, clear_output
 from effnet_ray.errors import UserError
 from effnet_ray.inference import Classifier, InferenceSettings
 from effnet_ray.listing import Unit, list_sources, work_units
-from effnet_ray.pools import actor_request, auto_actors, fitting_actors
+from effnet_ray.pools import actor_request, pool_size
 from effnet_ray.reading import ReadOptions, check_parquet_columns, read_units
 from effnet_ray.resume import (
     Committed,
@@ -94,26 +94,6 @@ def _placement(resources: dict, labels: dict) -> dict:
             **({"label_selector": labels} if labels else {})}
 
 
-def _has_labels(node: dict, wanted: dict) -> bool:
-    """Plain `key: value` selectors; those with operators (!, in(...)) are Ray's to judge."""
-    return all(node.get(k) == v for k, v in wanted.items()
-               if not v.startswith("!") and "(" not in v)
-
-
-def pool_size(cfg: LabelConfig) -> int:
-    """The number of actors; refuses a request that no node of the cluster can hold, which
-    Ray would otherwise wait on forever."""
-    request = actor_request(cfg.actor_cpus, cfg.actor_gpus, cfg.actor_resources)
-    alive = [n for n in ray.nodes() if n["Alive"]]
-    nodes = [n["Resources"] for n in alive if _has_labels(n.get("Labels", {}), cfg.actor_labels)]
-    if fitting_actors(nodes, request) < 1:
-        wanted = f"{request}, labels {cfg.actor_labels}" if cfg.actor_labels else str(request)
-        raise UserError(f"no node of the cluster has what an inference actor asks for: {wanted}")
-    if cfg.actors != "auto":
-        return int(cfg.actors)
-    return auto_actors(nodes, request, sum(n["Resources"].get("CPU", 0) for n in alive))
-
-
 def build_dataset(cfg: LabelConfig, units: list[Unit], committed: Committed, actors: int
                   ) -> ray.data.Dataset:
     settings = InferenceSettings(
@@ -153,12 +133,11 @@ def _label(cfg: LabelConfig, units: list[Unit], committed: Committed) -> int:
     """Run the pipeline over `units`; the rows committed, with a progress line now and then."""
     rows = errors = 0
     started = last_report = time.time()
+    request = actor_request(cfg.actor_cpus, cfg.actor_gpus, cfg.actor_resources)
     owns_ray = _start_ray(cfg.address)
     try:
-        actors = pool_size(cfg)
-        print(f"inference: {actors} actor(s) on {cfg.device}, each "
-              f"{actor_request(cfg.actor_cpus, cfg.actor_gpus, cfg.actor_resources)}",
-              file=sys.stderr)
+        actors = pool_size(cfg.actors, request, cfg.actor_labels)
+        print(f"inference: {actors} actor(s) on {cfg.device}, each {request}", file=sys.stderr)
         for stats in build_dataset(cfg, units, committed, actors).iter_batches(
                 batch_size=None, batch_format="pyarrow"):
             rows += pc.sum(stats.column("rows")).as_py() or 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from functools import cache
 
+import ray
+
 from effnet_ray.errors import UserError
 from effnet_ray.registry import configs_dir, no_extra, read_toml, take
 
@@ -86,3 +88,22 @@ def auto_actors(nodes: list[dict[str, float]], request: dict[str, float], total_
     while actors > 1 and total_cpus - actors * request.get("CPU", 0) < spare:
         actors -= 1
     return actors
+
+
+def _has_labels(node: dict, wanted: dict) -> bool:
+    """Plain `key: value` selectors; those with operators (!, in(...)) are Ray's to judge."""
+    return all(node.get(k) == v for k, v in wanted.items()
+               if not v.startswith("!") and "(" not in v)
+
+
+def pool_size(actors: int | str, request: dict[str, float], labels: dict) -> int:
+    """The number of actors on the connected cluster; refuses a request that no node can
+    hold, which Ray would otherwise wait on forever."""
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    nodes = [n["Resources"] for n in alive if _has_labels(n.get("Labels", {}), labels)]
+    if fitting_actors(nodes, request) < 1:
+        wanted = f"{request}, labels {labels}" if labels else str(request)
+        raise UserError(f"no node of the cluster has what an inference actor asks for: {wanted}")
+    if actors != "auto":
+        return int(actors)
+    return auto_actors(nodes, request, sum(n["Resources"].get("CPU", 0) for n in alive))
