@@ -82,11 +82,15 @@ def submit(cluster, entrypoint, runtime_env, timeout=600):
 
 
 def classifier_nodes(cluster, job):
-    """The nodes every inference actor of `job` ran on (Ray's own record, dead ones too)."""
+    """The nodes the inference actors of `job` ran on (Ray's own record, dead ones too).
+
+    An actor Ray never placed has no node: decoding tasks may hold the CPUs of an inference
+    node until the end of a short run."""
     actors = [a for a in list_actors(address=cluster["api"], detail=True, limit=10_000)
               if "Classifier" in a.class_name and a.job_id == job_ids(cluster)[job]]
-    assert actors, "no inference actor was recorded"
-    return [a.node_id for a in actors]
+    placed = [a.node_id for a in actors if a.node_id]
+    assert placed, "no inference actor ran"
+    return placed
 
 
 def job_ids(cluster):
@@ -114,8 +118,7 @@ def test_job_submitted_from_jobs_runs_its_actors_only_where_asked(cluster, lite0
     assert len(rows) == 7 and not any(r["error"] for r in rows.values())
     assert 281 <= rows["chelsea.jpg"]["class_id"] <= 285
     assert "inference: 2 actor(s)" in logs  # auto: the ov node holds two
-    where = classifier_nodes(cluster, job)
-    assert len(where) == 2 and set(where) <= nodes_with(cluster, "ov_cpu")
+    assert set(classifier_nodes(cluster, job)) <= nodes_with(cluster, "ov_cpu")
 
 
 def test_actors_follow_node_labels_too(cluster, lite0_ir, tmp_path):
@@ -126,10 +129,10 @@ def test_actors_follow_node_labels_too(cluster, lite0_ir, tmp_path):
          "--actor-labels", shlex.quote(json.dumps({"pool": "inference"}))]),
         documented_runtime_env())
     assert len(rows_by_name(out)) == 7
-    where = classifier_nodes(cluster, job)
+    assert "inference: 2 actor(s)" in logs
     labelled = {n.node_id for n in list_nodes(address=cluster["api"], detail=True)
                 if n.labels.get("pool") == "inference"}
-    assert len(where) == 2 and set(where) == labelled
+    assert len(labelled) == 1 and set(classifier_nodes(cluster, job)) == labelled
 
 
 def test_job_with_the_model_in_s3_fetches_it_once_per_node(cluster, lite0_ir, s3, s3_env,
