@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "effnet_ray" / "data" / "photos"
@@ -142,3 +142,23 @@ def s3(s3_env):
     return s3fs.S3FileSystem(endpoint_url=s3_env["AWS_ENDPOINT_URL"],
                              key=s3_env["AWS_ACCESS_KEY_ID"],
                              secret=s3_env["AWS_SECRET_ACCESS_KEY"])
+
+
+IMAGES = 84  # 21 chunks of 4: long enough to be killed part-way, short enough for CI
+
+
+@pytest.fixture(scope="session")
+def many_photos(tmp_path_factory):
+    """84 distinct real photos: crops and mirrors of the bundled ones, at most 320 px."""
+    folder = tmp_path_factory.mktemp("many")
+    photos = [Image.open(p).convert("RGB") for p in sorted(PHOTOS.iterdir())
+              if p.suffix != ".md"]
+    for k in range(IMAGES // len(photos)):
+        for j, photo in enumerate(photos):
+            w, h = photo.size
+            variant = photo.crop((k * 7 % (w // 4), k * 5 % (h // 4), w - k * 3 % (w // 4), h))
+            variant = ImageOps.mirror(variant) if k % 2 else variant
+            variant.thumbnail((320, 320))
+            variant.save(folder / f"img{k * len(photos) + j:03d}.jpg", quality=90)
+    assert len(list(folder.iterdir())) == IMAGES
+    return folder

@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util.state import list_actors, list_nodes
 
 from effnet_ray.ir import ir_sha256
-from tests.conftest import PHOTOS, ROOT
+from tests.conftest import IMAGES, PHOTOS, ROOT
 from tests.test_resume import S3Requests, rows_by_name
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -160,3 +161,51 @@ def test_job_with_the_model_in_s3_fetches_it_once_per_node(cluster, lite0_ir, s3
     assert manifest["identity"]["ir_sha256"] == sha
     assert manifest["runs"][-1]["model_path"] == "s3://models/lite0/model.xml"
     shutil.rmtree(cluster["caches"]["ov"] / "fetched")
+
+
+def _node_processes(cache):
+    """Every process of one `ray start` node: they all inherit its EFFNET_RAY_CACHE."""
+    marker = f"EFFNET_RAY_CACHE={cache}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_worker_node_lost_mid_run_costs_only_its_work_in_flight(cluster, lite0_ir,
+                                                                   many_photos, tmp_path):
+    """Runs last: it kills the plain worker node (its raylet and workers) while the job runs.
+    The job must still finish with every input exactly once and nothing labelled twice."""
+    out = tmp_path / "out"
+    client = JobSubmissionClient(cluster["api"])
+    runtime_env = {"working_dir": str(ROOT), "excludes": documented_runtime_env()["excludes"]}
+    job = client.submit_job(entrypoint=" ".join(
+        ["python", "jobs/label.py", str(many_photos), "--output", str(out), "--model-path",
+         str(lite0_ir), *JOB_ARGS[:4], "--batch-size", "4", "--unit-size", "8",
+         "--pool", "cpu-pinned"]), runtime_env=runtime_env)
+    deadline = time.time() + 300
+    while not list(out.glob("part-*.parquet")):
+        assert time.time() < deadline and client.get_job_status(job) in (
+            JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(job)
+        time.sleep(0.1)
+    victims = _node_processes(cluster["caches"]["plain"])
+    assert victims, "the plain node has no processes"
+    committed_at_kill = len(list(out.glob("part-*.parquet")))
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    while (status := client.get_job_status(job)) not in (
+            JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.time() < deadline + 300, f"job still {status}"
+        time.sleep(2)
+    assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)
+    assert committed_at_kill < len(list(out.glob("part-*.parquet")))
+    dead = [n for n in list_nodes(address=cluster["api"], detail=True) if n.state == "DEAD"]
+    assert len(dead) == 1 and dead[0].resources_total.get("CPU") == 1, "Ray saw no node die"
+    rows = rows_by_name(out)
+    assert len(rows) == IMAGES and not any(r["error"] for r in rows.values())
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["runs"][-1]["this_run"] == IMAGES and manifest["status"] == "complete"

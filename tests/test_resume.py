@@ -22,30 +22,10 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image, ImageOps
 
 from effnet_ray.storage import open_fs
 from effnet_ray.writing import Chunk, commit_chunk
-from tests.conftest import CLI, PHOTOS, one_line_error, run_cli
-
-IMAGES = 84  # 21 chunks of 4: long enough to be killed part-way, short enough for CI
-
-
-@pytest.fixture(scope="module")
-def many_photos(tmp_path_factory):
-    """84 distinct real photos: crops and mirrors of the bundled ones, at most 320 px."""
-    folder = tmp_path_factory.mktemp("many")
-    photos = [Image.open(p).convert("RGB") for p in sorted(PHOTOS.iterdir())
-              if p.suffix != ".md"]
-    for k in range(IMAGES // len(photos)):
-        for j, photo in enumerate(photos):
-            w, h = photo.size
-            variant = photo.crop((k * 7 % (w // 4), k * 5 % (h // 4), w - k * 3 % (w // 4), h))
-            variant = ImageOps.mirror(variant) if k % 2 else variant
-            variant.thumbnail((320, 320))
-            variant.save(folder / f"img{k * len(photos) + j:03d}.jpg", quality=90)
-    assert len(list(folder.iterdir())) == IMAGES
-    return folder
+from tests.conftest import CLI, IMAGES, PHOTOS, one_line_error, run_cli
 
 
 def job_args(lite0_ir):
