@@ -142,11 +142,8 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def commit_chunk(fs: AbstractFileSystem, folder: str, chunk: Chunk, table: pa.Table) -> None:
-    """Commit `table` under the chunk's name, then drop any earlier commit of the same rows
-    (a retried batch whose error count came out differently); a crash in between leaves
-    both, which the next run's scan resolves."""
+    """Commit `table` under the chunk's name. A retried batch whose error count came out
+    differently leaves a second file for the same rows; the scan at the end of the run (or
+    at the start of the next) keeps one, so commits need no listing of their own."""
     data = parquet_bytes(table)
     retrying(lambda: put_atomic(fs, f"{folder}/{chunk.name}", data))
-    for other in retrying(lambda: fs.glob(f"{folder}/{chunk.key}-*.parquet")):
-        if other.rsplit("/", 1)[-1] != chunk.name:
-            fs.rm_file(other)
