@@ -162,3 +162,15 @@ def many_photos(tmp_path_factory):
             variant.save(folder / f"img{k * len(photos) + j:03d}.jpg", quality=90)
     assert len(list(folder.iterdir())) == IMAGES
     return folder
+
+
+def pids_where(proc_file, matches):
+    """Processes whose /proc/PID/<proc_file> (cmdline, environ...) satisfies `matches`."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and matches((entry / proc_file).read_bytes()):
+                pids.add(int(entry.name))
+        except OSError:
+            continue
+    return pids

@@ -19,7 +19,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util.state import list_actors, list_nodes
 
 from effnet_ray.ir import ir_sha256
-from tests.conftest import IMAGES, PHOTOS, ROOT
+from tests.conftest import IMAGES, PHOTOS, ROOT, pids_where
 from tests.test_resume import S3Requests, rows_by_name
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -166,14 +166,7 @@ def test_job_with_the_model_in_s3_fetches_it_once_per_node(cluster, lite0_ir, s3
 def _node_processes(cache):
     """Every process of one `ray start` node: they all inherit its EFFNET_RAY_CACHE."""
     marker = f"EFFNET_RAY_CACHE={cache}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+    return pids_where("environ", lambda environ: marker in environ.split(b"\0"))
 
 
 def test_a_worker_node_lost_mid_run_costs_only_its_work_in_flight(cluster, lite0_ir,

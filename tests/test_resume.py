@@ -25,7 +25,7 @@ import pytest
 
 from effnet_ray.storage import open_fs
 from effnet_ray.writing import Chunk, commit_chunk
-from tests.conftest import CLI, IMAGES, PHOTOS, one_line_error, run_cli
+from tests.conftest import CLI, IMAGES, PHOTOS, one_line_error, pids_where, run_cli
 
 
 def job_args(lite0_ir):
@@ -131,14 +131,7 @@ def test_killed_driver_then_rerun_finishes_without_reading_done_inputs(
 
 def _classifier_pids():
     """Ray names an actor's process after its class (ray::MapWorker(MapBatches(Classifier)))."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"Classifier" in (entry / "cmdline").read_bytes():
-                pids.add(int(entry.name))
-        except OSError:
-            continue
-    return pids
+    return pids_where("cmdline", lambda cmdline: b"Classifier" in cmdline)
 
 
 def test_a_killed_actor_is_replaced_and_the_run_completes(many_photos, reference, lite0_ir,
