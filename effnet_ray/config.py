@@ -18,6 +18,7 @@ from effnet_ray.inference import CAPABILITY, PRECISIONS
 from effnet_ray.ir import (
     check_contract,
     default_cache_dir,
+    ir_sha256,
     local_ir,
     metadata,
     prepared_path,
@@ -187,13 +188,13 @@ def build_label_config(inputs: list[str] | tuple[str, ...], output: str, **optio
         if not Path(model_path).is_file():
             raise UserError(f"model {cfg.model} is not prepared in {cache}: run "
                             f"`effnet-ray models prepare {cfg.model}` or pass --model-path")
-    local, digest = local_ir(model_path, cache, storage)
+    local = local_ir(model_path, cache, storage)
     model = read_ir(local)
     check_contract(model, spec, model_path)
     check_inputs(cfg.inputs, cfg.storage_options)
     cfg = replace(cfg, model_path=model_path,
                   random_weights=bool(metadata(model).get("random_weights")),
-                  ir_sha256=digest)
+                  ir_sha256=ir_sha256(local))
     return replace(cfg, output=_check_output(cfg))
 
 

@@ -88,7 +88,7 @@ def compile_model(settings: InferenceSettings, core: ov.Core | None = None) -> o
     # compiled blobs: an actor restarting on a node it ran on skips compilation
     core.set_property({"CACHE_DIR": str(cache / "compiled")})
     spec = get_spec(settings.model)
-    path, _ = local_ir(settings.model_path, cache, settings.storage_options, settings.ir_sha256)
+    path = local_ir(settings.model_path, cache, settings.storage_options, settings.ir_sha256)
     model = read_ir(path, core)
     check_contract(model, spec, settings.model_path)
     gpus = [d for d in core.available_devices if d.startswith("GPU")]

@@ -170,8 +170,8 @@ def prepared_path(cache: Path, name: str, random_seed: int | None = None) -> Pat
 
 
 def local_ir(model_path: str, cache: Path, storage_options: dict | None = None,
-             expected_sha256: str | None = None) -> tuple[Path, str]:
-    """A local copy of the IR at `model_path` (a path or a store URI) and its sha256.
+             expected_sha256: str | None = None) -> Path:
+    """A local, checksum-verified copy of the IR at `model_path` (a path or a store URI).
 
     An IR on an object store is fetched once per machine into `cache/fetched/<sha256>/`,
     under a lock and complete before it gets that name; a local path is used in place. With
@@ -181,11 +181,10 @@ def local_ir(model_path: str, cache: Path, storage_options: dict | None = None,
     fs, path = open_fs(model_path, storage_options)
     if is_local(fs):
         local = Path(path)
-        digest = ir_sha256(local)
-        if expected_sha256 and digest != expected_sha256:
+        if expected_sha256 and ir_sha256(local) != expected_sha256:
             raise UserError(f"model file {local} on this node differs from the one the run "
                             "was started with (sha256); use an object-store URI for the IR")
-        return local, digest
+        return local
     if not path.endswith(".xml"):
         raise UserError(f"model file {model_path} is not an OpenVINO IR (.xml)")
     fetched = cache / "fetched"
@@ -194,12 +193,12 @@ def local_ir(model_path: str, cache: Path, storage_options: dict | None = None,
     with open(fetched / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if expected_sha256 and (fetched / expected_sha256 / "model.xml").is_file():
-            return fetched / expected_sha256 / "model.xml", expected_sha256
+            return fetched / expected_sha256 / "model.xml"
         return _fetch(fs, path, model_path, fetched, expected_sha256)
 
 
 def _fetch(fs: AbstractFileSystem, path: str, model_path: str, fetched: Path,
-           expected_sha256: str | None) -> tuple[Path, str]:
+           expected_sha256: str | None) -> Path:
     tmp = fetched / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
@@ -213,4 +212,4 @@ def _fetch(fs: AbstractFileSystem, path: str, model_path: str, fetched: Path,
             os.rename(tmp, fetched / digest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return fetched / digest / "model.xml", digest
+    return fetched / digest / "model.xml"
