@@ -13,11 +13,15 @@ __version__ = "0.1.0"
 
 
 def label(inputs: list[str], output: str, **options: object) -> Summary:
-    """Run the labeling job from Python; takes the same options as `effnet-ray label`."""
-    from effnet_ray.config import build_label_config
-    from effnet_ray.job import run
+    """Run the labeling job from Python; takes the same options as `effnet-ray label`.
 
-    return run(build_label_config(inputs=inputs, output=output, **options))
+    Messages go to the `effnet_ray` logger (progress at INFO, warnings at WARNING); attach a
+    handler to see or route them."""
+    from effnet_ray.job import run
+    from effnet_ray.options import build_options
+    from effnet_ray.preflight import prepare_run
+
+    return run(prepare_run(build_options(inputs, output, **options)))
 
 
 __all__ = ["UserError", "label", "__version__"]

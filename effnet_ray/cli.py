@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from effnet_ray.errors import UserError
 
 DEMO_MODEL = "efficientnet-lite0"
 PHOTOS = Path(__file__).parent / "data" / "photos"
+log = logging.getLogger("effnet_ray")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,25 +22,29 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _with_default(text: str, name: str) -> str:
-    """Help text quoting the default from LabelConfig, where all defaults live."""
-    from effnet_ray.config import LabelConfig
+    """Help text quoting the option's default from `options`, where all defaults live."""
+    from effnet_ray.options import default
 
-    return f"{text} (default {LabelConfig.__dataclass_fields__[name].default})"
+    return f"{text} (default {default(name)})"
 
 
 def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders (recursive) or glob patterns")
-    p.add_argument("--output", "-o", required=True, help="folder for the Parquet files")
+                   help="image files, folders (recursive) or glob patterns, local or URIs")
+    p.add_argument("--output", "-o", required=True,
+                   help="folder for the Parquet files (not an input, nor a folder holding one)")
     p.add_argument("--model", help=_with_default("model name", "model"))
     p.add_argument("--model-path", help="an IR (.xml) to use instead of the prepared one")
     p.add_argument("--device",
                    help=_with_default("OpenVINO device: CPU, GPU, GPU.N, AUTO...", "device"))
-    p.add_argument("--precision", help="f32, bf16, f16 or auto (device default)")
+    p.add_argument("--precision",
+                   help=_with_default("f32, bf16, f16 or auto (the device's default)",
+                                      "precision"))
     p.add_argument("--top-k", type=int, help=_with_default("classes kept per image", "top_k"))
     p.add_argument("--batch-size", type=int,
-                   help=_with_default("images per inference call and per committed output file",
-                                     "batch_size"))
+                   help=_with_default("images per inference-actor call, committed together as "
+                                      "one output file (OpenVINO gets one image per request)",
+                                      "batch_size"))
     p.add_argument("--pool", help="a pool profile from configs/pools (cpu, cpu-pinned, "
                    "intel-gpu...): device and placement in one flag; options given here win")
     p.add_argument("--actors", help=_with_default("OpenVINO actors, or auto (as many as the "
@@ -53,14 +60,19 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reader-resources", metavar="JSON",
                    help="Ray resources a decoding task needs")
     p.add_argument("--reader-labels", metavar="JSON", help="node labels a decoding task needs")
-    p.add_argument("--threads", type=int, help="OpenVINO threads per actor (0: all cores)")
+    p.add_argument("--threads", type=int,
+                   help=_with_default("OpenVINO threads per actor (0: all cores)", "threads"))
     p.add_argument("--unit-size", type=int,
                    help=_with_default("image files per read task, on average", "unit_size"))
-    p.add_argument("--address", help="an existing Ray cluster (default: start a local Ray)")
-    p.add_argument("--cache-dir", help="prepared models and compiled blobs")
+    p.add_argument("--address", help="an existing Ray cluster, e.g. auto (default: start a "
+                   "new local Ray for the run)")
+    p.add_argument("--cache-dir", help="prepared models and compiled blobs (default: "
+                   "$EFFNET_RAY_CACHE or ~/.cache/effnet-ray on each machine)")
     p.add_argument("--overwrite", action="store_true", default=None,
-                   help="start over, deleting what --output holds (default: resume)")
-    p.add_argument("--layout", help="auto (by extension), files, webdataset or parquet")
+                   help="start over, deleting what an earlier run wrote into --output (a "
+                   "folder holding anything else is refused) (default: resume)")
+    p.add_argument("--layout", help=_with_default("auto (by extension), files, webdataset or "
+                                                  "parquet", "layout"))
     p.add_argument("--image-column",
                    help=_with_default("Parquet inputs: the image bytes column", "image_column"))
     p.add_argument("--id-column",
@@ -69,13 +81,25 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-options", metavar="JSON",
                    help="extra fsspec options for remote stores (never logged)")
     p.add_argument("--max-pixels", type=int,
-                   help=_with_default("larger images are refused before decoding", "max_pixels"))
+                   help=_with_default("larger images, decoded or resized, are error rows",
+                                      "max_pixels"))
+    p.add_argument("--max-bytes", type=int,
+                   help=_with_default("larger files, tar members and Parquet values are error "
+                                      "rows, never read whole", "max_bytes"))
+    p.add_argument("--stall-timeout", type=float,
+                   help=_with_default("seconds without a committed image before the run stops "
+                                      "(a rerun resumes)", "stall_timeout"))
+    p.add_argument("--break-lease", action="store_true", default=None,
+                   help="take the output over from a run that holds it (only when that run is "
+                   "known to be gone)")
     p.add_argument("--fail-on-error", action="store_true", default=None,
                    help="exit non-zero when any image could not be labelled")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="effnet-ray", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="debug messages, and the traceback behind an error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     models = sub.add_parser("models", help="list or prepare models")
     msub = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
@@ -149,15 +173,20 @@ def models_prepare(args: argparse.Namespace) -> None:
     print(f"{args.name}: {path} ({params / 1e6:.3f} MParams, {flops / 1e9:.3f} GFLOPs)")
 
 
-def label(args: argparse.Namespace) -> None:
-    from effnet_ray.config import build_label_config
+def _run_label(inputs: list[str], output: str, **given: object) -> object:
     from effnet_ray.job import run
+    from effnet_ray.options import build_options
+    from effnet_ray.preflight import prepare_run
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "inputs", "output")}
-    cfg = build_label_config(args.inputs, args.output, **options)
-    summary = run(cfg)
+    return run(prepare_run(build_options(inputs, output, **given)))
+
+
+def label(args: argparse.Namespace) -> None:
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("command", "inputs", "output", "debug")}
+    summary = _run_label(args.inputs, args.output, **given)
     print(summary)
-    if cfg.fail_on_error and summary.errors:
+    if args.fail_on_error and summary.errors:
         raise UserError(f"{summary.errors} images could not be labelled (--fail-on-error); "
                         "their reasons are in the error column")
 
@@ -165,15 +194,11 @@ def label(args: argparse.Namespace) -> None:
 def demo(args: argparse.Namespace) -> None:
     import pyarrow.dataset as pads
 
-    from effnet_ray.config import build_label_config
-    from effnet_ray.job import run
-
     cache = _cache(args)
     prepare_model(DEMO_MODEL, cache)
-    cfg = build_label_config([str(PHOTOS)], args.output, model=DEMO_MODEL,
-                             cache_dir=str(cache), overwrite=True)
-    summary = run(cfg)
-    table = pads.dataset(cfg.output, format="parquet").to_table(
+    summary = _run_label([str(PHOTOS)], args.output, model=DEMO_MODEL, cache_dir=str(cache),
+                         overwrite=True)
+    table = pads.dataset(args.output, format="parquet").to_table(
         columns=["path", "class_id", "label", "top_k_probs", "error"]).to_pylist()
     print(f"\n{'file':24} {'class':>5}  {'label':28} {'prob':>5}")
     for row in sorted(table, key=lambda r: r["path"]):
@@ -186,8 +211,29 @@ def demo(args: argparse.Namespace) -> None:
     print(f"\n{summary}")
 
 
+class _Format(logging.Formatter):
+    """Progress as it is; warnings and worse say what they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {text}"
+        return text
+
+
+def _install_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format())
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    _install_logging(debug)
     try:
         args = parser.parse_args(argv)
         if args.command == "models":
@@ -197,11 +243,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             demo(args)
     except UserError as exc:
+        if debug and (exc.__cause__ or exc.__context__):
+            traceback.print_exception(exc.__cause__ or exc.__context__, file=sys.stderr)
         print(f"effnet-ray: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("effnet-ray: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line, the traceback with --debug
+        if debug:
+            traceback.print_exc()
+        from effnet_ray.storage import short_reason
+
+        print(f"effnet-ray: internal error: {short_reason(exc)} (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

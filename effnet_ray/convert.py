@@ -6,8 +6,6 @@ normalisation and channel handling are part of the converted graph, as in OMZ's 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from effnet_ray.errors import UserError
 from effnet_ray.ir import check_contract, file_sha256, read_ir, set_metadata
 from effnet_ray.listing import IMAGE_EXTENSIONS
 from effnet_ray.registry import ModelSpec
+from effnet_ray.storage import atomic_folder
 
 try:
     import geffnet
@@ -157,15 +156,8 @@ def to_openvino(spec: ModelSpec, net: torch.nn.Module, meta: dict) -> ov.Model:
 
 def save_ir(model: ov.Model, dest: Path) -> Path:
     """Write model.xml/.bin into `dest`'s folder atomically: a crash leaves no half IR."""
-    dest.parent.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent.parent))
-    try:
+    with atomic_folder(dest.parent, replace=True) as tmp:
         ov.save_model(model, tmp / dest.name, compress_to_fp16=False)
-        if dest.parent.exists():
-            shutil.rmtree(dest.parent)
-        tmp.rename(dest.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -1,17 +1,18 @@
-"""OpenVINO inference in Ray actors: compile once, keep every stream busy, commit rows.
+"""OpenVINO inference in Ray actors: compile once, keep every stream busy, label batches.
 
 The compiled model takes the preprocessed uint8 NHWC RGB image as it travels through the
 object store; PrePostProcessor converts type, layout and colour order inside the graph, so
 nothing float32 crosses the wire and the conversion runs in OpenVINO's threads.
 
-Each call labels one chunk and commits it as one output file before returning, so a chunk
-is done exactly when Ray sees its task finish; a task retried after an actor died rewrites
-the same file name.
+An actor call reads as `commit(label(batch))`: labelling is pure, and the commit
+(`writing.Committer`, injected) writes the rows as one output part before the call returns,
+so a part is done exactly when Ray sees its task finish.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,27 +22,20 @@ import pyarrow as pa
 import ray
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
+from effnet_ray.batch import ImageBatch
 from effnet_ray.ir import check_contract, default_cache_dir, local_ir, read_ir
-from effnet_ray.registry import ModelSpec, get_spec, load_labels
-from effnet_ray.storage import open_fs
-from effnet_ray.writing import Chunk, commit_chunk, result_table
-
-PRECISIONS = {"auto": None, "f32": "f32", "bf16": "bf16", "f16": "f16"}
-CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
+from effnet_ray.options import PRECISIONS, InferenceOptions
+from effnet_ray.registry import ModelSpec, load_class_names
+from effnet_ray.writing import Part, result_table
 
 
 @dataclass(frozen=True)
-class InferenceSettings:
-    model_path: str
-    model: str
-    device: str = "CPU"
-    precision: str = "auto"
-    top_k: int = 5
-    threads: int = 0
-    cache_dir: str | None = None  # None: each node's default (ir.default_cache_dir)
-    ir_sha256: str = ""
-    output: str = ""
-    # repr=False: credentials may be in here and must never reach a log line
+class ModelFile:
+    """The IR a run uses, as the driver resolved and checksummed it."""
+
+    path: str
+    sha256: str
+    # repr=False: credentials for fetching it may be in here
     storage_options: dict = field(default_factory=dict, repr=False)
 
 
@@ -57,12 +51,12 @@ def with_contract_input(model: ov.Model, spec: ModelSpec) -> ov.Model:
     return ppp.build()
 
 
-def compile_settings(settings: InferenceSettings) -> dict:
+def compile_settings(options: InferenceOptions) -> dict:
     config = {"PERFORMANCE_HINT": "THROUGHPUT"}
-    if PRECISIONS[settings.precision]:
-        config["INFERENCE_PRECISION_HINT"] = PRECISIONS[settings.precision]
-    if settings.threads:
-        config["INFERENCE_NUM_THREADS"] = settings.threads
+    if PRECISIONS[options.precision]:
+        config["INFERENCE_PRECISION_HINT"] = PRECISIONS[options.precision]
+    if options.threads:
+        config["INFERENCE_NUM_THREADS"] = options.threads
     return config
 
 
@@ -82,18 +76,18 @@ def openvino_device(device: str, ray_gpu_ids: list[str], visible_gpus: list[str]
     return f"GPU.{ray_gpu_ids[0]}"
 
 
-def compile_model(settings: InferenceSettings, core: ov.Core | None = None) -> ov.CompiledModel:
+def compile_model(options: InferenceOptions, spec: ModelSpec, model_file: ModelFile,
+                  core: ov.Core | None = None) -> ov.CompiledModel:
     core = core or ov.Core()
-    cache = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
+    cache = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     # compiled blobs: an actor restarting on a node it ran on skips compilation
     core.set_property({"CACHE_DIR": str(cache / "compiled")})
-    spec = get_spec(settings.model)
-    path = local_ir(settings.model_path, cache, settings.storage_options, settings.ir_sha256)
+    path = local_ir(model_file.path, cache, model_file.storage_options, model_file.sha256)
     model = read_ir(path, core)
-    check_contract(model, spec, settings.model_path)
+    check_contract(model, spec, model_file.path)
     gpus = [d for d in core.available_devices if d.startswith("GPU")]
-    device = openvino_device(settings.device, _ray_gpu_ids(), gpus)
-    config = compile_settings(settings)
+    device = openvino_device(options.device, _ray_gpu_ids(), gpus)
+    config = compile_settings(options)
     if not device.startswith(("CPU", "GPU", "NPU")):
         config.pop("INFERENCE_NUM_THREADS", None)
     return core.compile_model(with_contract_input(model, spec), device, config)
@@ -128,11 +122,11 @@ class Classifier:
     queue, so the device never idles while one batch is being turned into rows.
     """
 
-    def __init__(self, settings: InferenceSettings) -> None:
-        self.settings = settings
-        self.spec = get_spec(settings.model)
-        self.labels = load_labels(self.spec.labels)
-        self.compiled = compile_model(settings)
+    def __init__(self, options: InferenceOptions, spec: ModelSpec, model_file: ModelFile,
+                 commit: Callable[[ImageBatch, pa.Table], Part]) -> None:
+        self.options, self.spec, self.commit = options, spec, commit
+        self.class_names = load_class_names(spec.class_names)
+        self.compiled = compile_model(options, spec, model_file)
         # Twice the device's optimal number of requests: the spare ones wait inside
         # OpenVINO, so a stream never idles while Python refills the queue (the actor runs
         # at Ray's worker niceness and shares the cores with decoding).
@@ -140,7 +134,6 @@ class Classifier:
         self.queue = ov.AsyncInferQueue(self.compiled, 2 * optimal)
         self.queue.set_callback(self._finished)
         self.submit_lock = threading.Lock()
-        self.fs, self.folder = open_fs(settings.output, settings.storage_options)
 
     @staticmethod
     def _finished(request: ov.InferRequest, userdata: tuple) -> None:
@@ -158,27 +151,14 @@ class Classifier:
             countdown.wait()
         return logits
 
-    def label_chunk(self, chunk: dict) -> pa.Table:
-        errors = chunk["errors"]
-        good = [i for i, e in enumerate(errors) if e is None]
-        height, width = self.spec.input.height, self.spec.input.width
-        images = np.frombuffer(chunk["pixels"], np.uint8).reshape(len(good), height, width, 3)
-        logits = np.zeros((len(errors), self.spec.output.classes), dtype=np.float32)
-        logits[good] = self.infer(images)
-        return result_table(chunk["paths"], self.spec.name, logits, errors, self.labels,
-                            self.settings.top_k, chunk["source_labels"],
-                            chunk["source_metadata"])
+    def label(self, batch: ImageBatch) -> pa.Table:
+        return result_table(batch, self.infer(batch.images), self.spec.name, self.class_names,
+                            self.options.top_k)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        """Label and commit each chunk (a row of `batch`); return what was committed."""
-        committed = []
-        for i in range(batch.num_rows):
-            chunk = {name: batch.column(name)[i] for name in batch.column_names}
-            chunk = {k: v.as_buffer() if k == "pixels" else v.as_py() for k, v in chunk.items()}
-            table = self.label_chunk(chunk)
-            done = Chunk(chunk["uid"], chunk["first"], table.num_rows,
-                         table.num_rows - table.column("error").null_count, chunk["last"])
-            commit_chunk(self.fs, self.folder, done, table)
-            committed.append(done)
-        return pa.table({"rows": [c.rows for c in committed],
-                         "errors": [c.errors for c in committed]})
+    def __call__(self, table: pa.Table) -> pa.Table:
+        """Label and commit each batch (a row of `table`); return what was committed."""
+        parts = []
+        for row in range(table.num_rows):
+            batch = ImageBatch.from_arrow(table, row)
+            parts.append(self.commit(batch, self.label(batch)))
+        return pa.table({"rows": [p.rows for p in parts], "errors": [p.errors for p in parts]})

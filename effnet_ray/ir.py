@@ -10,9 +10,8 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from xml.etree import ElementTree
 
 import numpy as np
@@ -21,7 +20,16 @@ from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
 from effnet_ray.registry import ModelSpec
-from effnet_ray.storage import display, is_local, named_errors, open_fs, retrying
+from effnet_ray.storage import (
+    TMP_PREFIX,
+    atomic_folder,
+    display,
+    is_local,
+    named_errors,
+    open_fs,
+    redact,
+    retrying,
+)
 
 META_KEY = "effnet_ray"
 
@@ -199,17 +207,15 @@ def local_ir(model_path: str, cache: Path, storage_options: dict | None = None,
 
 def _fetch(fs: AbstractFileSystem, path: str, model_path: str, fetched: Path,
            expected_sha256: str | None) -> Path:
-    tmp = fetched / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    with TemporaryDirectory(prefix=TMP_PREFIX, dir=fetched) as tmp:
         with named_errors(display(fs, path)):
             for source, name in ((path, "model.xml"), (path[:-4] + ".bin", "model.bin")):
-                retrying(lambda s=source, n=name: fs.get_file(s, str(tmp / n)))
-        digest = ir_sha256(tmp / "model.xml")
+                retrying(lambda s=source, n=name: fs.get_file(s, f"{tmp}/{n}"), fs)
+        digest = ir_sha256(f"{tmp}/model.xml")
         if expected_sha256 and digest != expected_sha256:
-            raise UserError(f"model file {model_path} changed since the run started (sha256)")
-        if not (fetched / digest).is_dir():
-            os.rename(tmp, fetched / digest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            raise UserError(f"model file {redact(model_path)} changed since the run started "
+                            "(sha256)")
+        with atomic_folder(fetched / digest) as dest:
+            for name in ("model.xml", "model.bin"):
+                os.rename(f"{tmp}/{name}", dest / name)
     return fetched / digest / "model.xml"

@@ -1,36 +1,33 @@
-"""The labeling job: list -> skip what is done -> read+preprocess -> infer+commit.
+"""The labeling job on Ray Data, given a `RunPlan`: skip what is done -> read+preprocess ->
+infer+commit -> summary.
 
-    inputs ──listing──> work units ──resume (drop committed chunks)──>
-        reading/preprocessing (Ray tasks, 1 CPU each) ──> chunks of uint8 HxWx3 images ──>
-        inference (OpenVINO actor pool) ──writing──> OUT/part-*.parquet, one per chunk
+    work units ──resume (drop committed parts)──> reading/preprocessing (Ray tasks, 1 CPU
+    each) ──> ImageBatch (uint8 HxWx3 images) ──> inference (OpenVINO actor pool)
+    ──commit──> OUT/part-*.parquet, one per batch
 """
 
 from __future__ import annotations
 
-import os
-import sys
+import logging
 import time
 from dataclasses import dataclass
 
 import pyarrow.compute as pc
 import ray
 
-from effnet_ray.config import LabelConfig, clear_output
+from effnet_ray.cluster import READER_CPUS, Watchdog, pool_size, start_ray
 from effnet_ray.errors import UserError
-from effnet_ray.inference import Classifier, InferenceSettings
-from effnet_ray.listing import Unit, list_sources, work_units
-from effnet_ray.pools import actor_request, pool_size
-from effnet_ray.reading import ReadOptions, check_parquet_columns, read_units
-from effnet_ray.resume import (
-    Committed,
-    end_run,
-    identity,
-    read_manifest,
-    scan,
-    start_run,
-    tidy,
-)
-from effnet_ray.storage import open_fs, short_reason
+from effnet_ray.inference import Classifier, ModelFile
+from effnet_ray.lease import LeaseLost
+from effnet_ray.listing import Unit
+from effnet_ray.pools import actor_request
+from effnet_ray.preflight import RunPlan
+from effnet_ray.reading import ReadTask, read_units
+from effnet_ray.resume import Committed, end_run, scan, start_run, tidy
+from effnet_ray.storage import is_transient, printable, short_reason
+from effnet_ray.writing import Committer
+
+log = logging.getLogger(__name__)
 
 # Batches an actor holds at once: one being inferred while the next is unpacked, so the
 # request queue never runs dry between batches.
@@ -38,9 +35,11 @@ CONCURRENT_CALLS = 2
 # One block per unit would cost Ray ~2 ms a block (62,500 units of a million images: 2 min
 # before the first image); 1,000 blocks keep a big cluster's decoders busy and take seconds.
 MAX_READ_BLOCKS = 1000
-# Enough for the largest image decoding accepts (MAX_PIXELS RGB) plus its resized copy.
-DECODE_MEMORY = 512 * 2**20
 PROGRESS_SECONDS = 15
+# Measured peak of one decoding task (benchmarks/bench_decode_memory.py): the process and
+# its libraries, the object's bytes, and ~12 bytes per pixel of the largest accepted image.
+DECODE_BASE_MEMORY = 256 * 2**20
+DECODE_BYTES_PER_PIXEL = 12
 
 
 @dataclass(frozen=True)
@@ -67,25 +66,9 @@ class Summary:
                 f"output: {self.output}")
 
 
-def _start_ray(address: str | None) -> bool:
-    """Attach to `address` or start a local Ray; True when this call started it."""
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    try:
-        if address:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-        else:
-            ray.init(include_dashboard=False, logging_level="WARNING")
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot start or reach Ray at {address or 'local'}: {exc}") from None
-    return True
-
-
-def read_options(cfg: LabelConfig) -> ReadOptions:
-    return ReadOptions(model=cfg.model, storage_options=cfg.storage_options,
-                       image_column=cfg.image_column, id_column=cfg.id_column,
-                       max_pixels=cfg.max_pixels, batch_size=cfg.batch_size)
+def decode_memory(max_pixels: int, max_bytes: int) -> int:
+    """The Ray memory a decoding task reserves: what the largest image it accepts costs."""
+    return DECODE_BASE_MEMORY + max_bytes + DECODE_BYTES_PER_PIXEL * max_pixels
 
 
 def _placement(resources: dict, labels: dict) -> dict:
@@ -94,32 +77,40 @@ def _placement(resources: dict, labels: dict) -> dict:
             **({"label_selector": labels} if labels else {})}
 
 
-def build_dataset(cfg: LabelConfig, units: list[Unit], committed: Committed, actors: int
+def _items(units: list[Unit], committed: Committed) -> list[dict]:
+    """Units as Ray rows; names that are not valid UTF-8 travel percent-encoded."""
+    return [{"kind": u.kind, "uris": [printable(s.uri) for s in u.sources],
+             "sizes": [-1 if s.size is None else s.size for s in u.sources],
+             "versions": [s.version for s in u.sources], "uid": u.uid,
+             "done": committed.done_starts(u.uid)} for u in units]
+
+
+def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, actors: int
                   ) -> ray.data.Dataset:
-    settings = InferenceSettings(
-        model_path=cfg.model_path, model=cfg.model, device=cfg.device,
-        precision=cfg.precision, top_k=cfg.top_k, threads=cfg.threads,
-        cache_dir=cfg.cache_dir or None, ir_sha256=cfg.ir_sha256, output=cfg.output,
-        storage_options=cfg.storage_options,
-    )
-    items = [{"kind": u.kind, "uris": list(u.uris), "uid": u.uid,
-              "done": committed.done_starts(u.uid)} for u in units]
+    options, place = plan.options, plan.options.placement
+    items = _items(units, committed)
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_READ_BLOCKS))
     # The memory reservation bounds decoding per node and, being unlike the actors'
     # arguments, keeps Ray Data from fusing decoding into the actors, where it would stall
     # inference.
-    ds = ds.map_batches(read_units, fn_kwargs={"options": read_options(cfg)}, batch_size=1,
-                        num_cpus=1, memory=DECODE_MEMORY, batch_format="numpy",
-                        **_placement(cfg.reader_resources, cfg.reader_labels))
-    # One chunk per call: the actor commits exactly the rows of one output file.
+    task = ReadTask(options.read, plan.spec, options.storage_options)
+    ds = ds.map_batches(read_units, fn_kwargs={"task": task}, batch_size=1,
+                        num_cpus=READER_CPUS,
+                        memory=decode_memory(options.read.max_pixels, options.read.max_bytes),
+                        batch_format="numpy",
+                        **_placement(place.reader_resources, place.reader_labels))
+    model_file = ModelFile(plan.model_path, plan.ir_sha256, options.storage_options)
+    commit = Committer(plan.output_uri, plan.lease.token, options.storage_options)
+    # One batch per call: the actor commits exactly the rows of one output part.
     return ds.map_batches(
         Classifier,
-        fn_constructor_kwargs={"settings": settings},
+        fn_constructor_kwargs={"options": options.inference, "spec": plan.spec,
+                               "model_file": model_file, "commit": commit},
         batch_size=1,
         batch_format="pyarrow",
-        num_cpus=cfg.actor_cpus,
-        num_gpus=cfg.actor_gpus,
-        **_placement(cfg.actor_resources, cfg.actor_labels),
+        num_cpus=place.actor_cpus,
+        num_gpus=place.actor_gpus,
+        **_placement(place.actor_resources, place.actor_labels),
         compute=ray.data.ActorPoolStrategy(
             size=actors,
             max_tasks_in_flight_per_actor=CONCURRENT_CALLS * 2,
@@ -129,90 +120,129 @@ def build_dataset(cfg: LabelConfig, units: list[Unit], committed: Committed, act
     )
 
 
-def _label(cfg: LabelConfig, units: list[Unit], committed: Committed) -> int:
+def _label(plan: RunPlan, units: list[Unit], committed: Committed) -> int:
     """Run the pipeline over `units`; the rows committed, with a progress line now and then."""
+    options, place = plan.options, plan.options.placement
     rows = errors = 0
     started = last_report = time.time()
-    request = actor_request(cfg.actor_cpus, cfg.actor_gpus, cfg.actor_resources)
-    owns_ray = _start_ray(cfg.address)
+    request = actor_request(place.actor_cpus, place.actor_gpus, place.actor_resources)
+    reader = {"CPU": READER_CPUS,
+              "memory": decode_memory(options.read.max_pixels, options.read.max_bytes),
+              **place.reader_resources}
+    owns_ray = start_ray(place.address)
     try:
-        actors = pool_size(cfg.actors, request, cfg.actor_labels)
-        print(f"inference: {actors} actor(s) on {cfg.device}, each {request}", file=sys.stderr)
-        for stats in build_dataset(cfg, units, committed, actors).iter_batches(
-                batch_size=None, batch_format="pyarrow"):
-            rows += pc.sum(stats.column("rows")).as_py() or 0
-            errors += pc.sum(stats.column("errors")).as_py() or 0
-            if time.time() - last_report >= PROGRESS_SECONDS:
-                last_report = time.time()
-                print(f"progress: {rows} images committed this run ({errors} errors), "
-                      f"{rows / (last_report - started):.2f} images/s", file=sys.stderr)
-    except (UserError, KeyboardInterrupt):
+        actors = pool_size(place.actors, request, place.actor_labels, reader,
+                           place.reader_labels)
+        log.info("inference: %d actor(s) on %s, each %s", actors, options.inference.device,
+                 request)
+        with Watchdog(options.run.stall_timeout) as watchdog:
+            try:
+                for stats in build_dataset(plan, units, committed, actors).iter_batches(
+                        batch_size=None, batch_format="pyarrow"):
+                    watchdog.committed()
+                    rows += pc.sum(stats.column("rows")).as_py() or 0
+                    errors += pc.sum(stats.column("errors")).as_py() or 0
+                    if plan.lease.lost.is_set():
+                        raise LeaseLost("another run took the output over")
+                    if time.time() - last_report >= PROGRESS_SECONDS:
+                        last_report = time.time()
+                        log.info("progress: %d images committed this run (%d errors), "
+                                 "%.2f images/s", rows, errors, rows / (last_report - started))
+            except KeyboardInterrupt:
+                if not watchdog.fired:
+                    raise
+                raise UserError(f"nothing was committed for {options.run.stall_timeout:.0f} s "
+                                f"(after {rows} images); stopped. Rerun the same command to "
+                                "resume") from None
+    except (ray.exceptions.RayError, LeaseLost) as exc:
+        cause = _root(exc)
+        if isinstance(cause, LeaseLost):
+            raise UserError(f"the run stopped after committing {rows} images: {cause}") from exc
+        if is_transient(cause) or isinstance(cause, (OSError, ray.exceptions.RayError)):
+            raise UserError(f"the run stopped after committing {rows} images: "
+                            f"{short_reason(cause)}; rerun the same command to resume") from exc
         raise
-    except Exception as exc:  # a task that failed for good: what is committed stays
-        raise UserError(f"the run stopped after committing {rows} images: "
-                        f"{short_reason(exc)}; rerun the same command to resume") from None
     finally:
         if owns_ray:
             ray.shutdown()
     return rows
 
 
-def run(cfg: LabelConfig) -> Summary:
-    if cfg.random_weights:
-        print(f"warning: {cfg.model_path} has random weights: its labels mean nothing",
-              file=sys.stderr)
+def _root(exc: BaseException) -> BaseException:
+    """The error under Ray's task-error wrappers."""
+    seen = 0
+    while isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None and seen < 8:
+        exc, seen = exc.cause, seen + 1
+    return exc
+
+
+def run(plan: RunPlan) -> Summary:
+    """Label what the plan's output does not hold yet; the plan's lease is released at the
+    end, whatever happens."""
+    options, fs, path = plan.options, plan.fs, plan.path
+    batch_size = options.read.batch_size
     started = time.time()
-    units = list(work_units(list_sources(cfg.inputs, cfg.layout, cfg.storage_options),
-                            cfg.unit_size))
-    if not units:
-        raise UserError(f"no images found in {', '.join(cfg.inputs)}")
-    first_parquet = next((u.uris[0] for u in units if u.kind == "parquet"), None)
-    if first_parquet:
-        check_parquet_columns(first_parquet, read_options(cfg))
-    print(f"listed {sum(len(u.uris) for u in units)} sources in {len(units)} work units "
-          f"({time.time() - started:.1f} s)", file=sys.stderr)
-    if cfg.overwrite:
-        clear_output(cfg.output, cfg.storage_options)
-    fs, path = open_fs(cfg.output, cfg.storage_options)
-    committed = scan(fs, path)
-    stale = tidy(fs, path, committed, units)
-    if stale:
-        print(f"removed {stale} result files whose work units changed (files added or "
-              "removed); their images are labelled again",
-              file=sys.stderr)
-    todo = [u for u in units if not committed.complete(u.uid, cfg.batch_size)]
-    if len(todo) < len(units):
-        print(f"resuming: {len(units) - len(todo)} of {len(units)} work units are done "
-              f"({committed.totals()[0]} images); skipping them", file=sys.stderr)
-    manifest = start_run(fs, path, read_manifest(fs, path), identity(cfg, cfg.ir_sha256),
-                         run_settings(cfg))
-    status, this_run = "failed", 0
     try:
-        this_run = _label(cfg, todo, committed) if todo else 0
-        status = "complete"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
+        if plan.random_weights:
+            log.warning("%s has random weights: its labels mean nothing", plan.model_path)
+        committed = scan(fs, path)
+        stale = tidy(fs, path, committed, plan.units)
+        if stale:
+            log.info("removed %d result files whose work units changed (files added, removed "
+                     "or replaced); their images are labelled again", stale)
+        todo = [u for u in plan.units if not committed.complete(u.uid, batch_size)]
+        if len(todo) < len(plan.units):
+            log.info("resuming: %d of %d work units are done (%d images); skipping them",
+                     len(plan.units) - len(todo), len(plan.units), committed.totals()[0])
+        plan.lease.start_heartbeat()
+        manifest = start_run(fs, path, plan.manifest, plan.identity, run_settings(plan))
+        status, this_run = "failed", 0
+        try:
+            this_run = _label(plan, todo, committed) if todo else 0
+            status = "complete"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            missing = _finish(plan, manifest, status, this_run)
     finally:
+        plan.lease.release()
+    images, errors = missing[1:]
+    if missing[0]:
+        raise UserError(f"{missing[0]} work units have no committed results although the run "
+                        "finished; rerun the same command to label them")
+    return Summary(images=images, errors=errors, this_run=this_run,
+                   wall_seconds=time.time() - started, output=plan.output)
+
+
+def _finish(plan: RunPlan, manifest: dict, status: str, this_run: int
+            ) -> tuple[int, int, int]:
+    """Tidy and record the run's end: (units without results, images, errors). A failure
+    here is logged, never raised over the error that ended the run."""
+    fs, path = plan.fs, plan.path
+    try:
         final = scan(fs, path)
-        tidy(fs, path, final, units)
-        missing = sum(not final.complete(u.uid, cfg.batch_size) for u in units)
+        tidy(fs, path, final, plan.units)
+        missing = sum(not final.complete(u.uid, plan.options.read.batch_size)
+                      for u in plan.units)
         if status == "complete" and missing:
             status = "incomplete"
         images, errors = final.totals()
         end_run(fs, path, manifest, status, {"images": images, "errors": errors,
                                              "this_run": this_run})
-    if missing:
-        raise UserError(f"{missing} work units have no committed results although the run "
-                        "finished; rerun the same command to label them")
-    return Summary(images=images, errors=errors, this_run=this_run,
-                   wall_seconds=time.time() - started, output=cfg.output)
+        return missing, images, errors
+    except Exception as exc:
+        if status == "complete":
+            raise
+        log.warning("could not record the run's end in the manifest: %s", short_reason(exc))
+        return 0, 0, 0
 
 
-def run_settings(cfg: LabelConfig) -> dict:
+def run_settings(plan: RunPlan) -> dict:
     """What the manifest records about how a run ran (never the storage options)."""
-    return {"model_path": cfg.model_path, "random_weights": cfg.random_weights,
-            "device": cfg.device, "pool": cfg.pool, "actors": cfg.actors,
-            "actor_cpus": cfg.actor_cpus, "actor_gpus": cfg.actor_gpus,
-            "actor_resources": cfg.actor_resources, "actor_labels": cfg.actor_labels,
-            "threads": cfg.threads, "address": cfg.address}
+    inference, place = plan.options.inference, plan.options.placement
+    return {"model_path": plan.model_path, "random_weights": plan.random_weights,
+            "device": inference.device, "pool": place.pool, "actors": place.actors,
+            "actor_cpus": place.actor_cpus, "actor_gpus": place.actor_gpus,
+            "actor_resources": place.actor_resources, "actor_labels": place.actor_labels,
+            "threads": inference.threads, "address": place.address}

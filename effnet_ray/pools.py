@@ -1,17 +1,15 @@
-"""Pool profiles (`configs/pools/*.toml`): where inference actors and decoding tasks run.
+"""Pool profiles (`configs/pools/*.toml`) and the arithmetic of fitting actors onto nodes.
 
 A profile is a named set of `label` options for one cluster layout (CPU-only nodes; CPU nodes
 for decoding plus Intel GPU nodes for inference...), selected with `--pool NAME`; options
 given on the command line win over the profile. `actors = "auto"` sizes the pool from the
-cluster Ray reports when the run starts.
+cluster Ray reports when the run starts (`cluster.pool_size`). Nothing here talks to Ray.
 """
 
 from __future__ import annotations
 
 import math
 from functools import cache
-
-import ray
 
 from effnet_ray.errors import UserError
 from effnet_ray.registry import configs_dir, no_extra, read_toml, take
@@ -30,13 +28,14 @@ def parse_pool(data: dict, where: str) -> dict:
     no_extra(data, {"description", *_FIELDS}, where)
     take(data, "description", str, where)
     options = {name: take(data, name, kind, where) for name, kind in _FIELDS.items()}
-    if options["actors"] != "auto" and not (isinstance(options["actors"], int)
-                                            and options["actors"] > 0):
-        raise UserError(f"{where}: 'actors' must be a positive number or \"auto\"")
+    try:
+        options["actors"] = parse_actors(options["actors"])
+    except UserError:
+        raise UserError(f"{where}: 'actors' must be a positive number or \"auto\"") from None
     for name in ("actor_resources", "reader_resources"):
         check_resources(options[name], f"{where}: '{name}'")
     for name in ("actor_labels", "reader_labels"):
-        check_labels(options[name], f"{where}: '{name}'")
+        check_node_labels(options[name], f"{where}: '{name}'")
     return options
 
 
@@ -48,7 +47,17 @@ def check_resources(resources: dict, where: str) -> None:
             raise UserError(f"{where}: resource {key} needs a positive amount, not {amount!r}")
 
 
-def check_labels(labels: dict, where: str) -> None:
+def parse_actors(value: object) -> int | str:
+    """`--actors`: a positive whole number or "auto", from the command line or a profile."""
+    if value == "auto":
+        return "auto"
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) <= 0:
+        raise UserError(f"--actors must be a positive number or auto, not {value}")
+    return int(text)
+
+
+def check_node_labels(labels: dict, where: str) -> None:
     for key, value in labels.items():
         if not isinstance(value, str):
             raise UserError(f"{where}: label {key} needs a string value, not {value!r}")
@@ -88,22 +97,3 @@ def auto_actors(nodes: list[dict[str, float]], request: dict[str, float], total_
     while actors > 1 and total_cpus - actors * request.get("CPU", 0) < spare:
         actors -= 1
     return actors
-
-
-def _has_labels(node: dict, wanted: dict) -> bool:
-    """Plain `key: value` selectors; those with operators (!, in(...)) are Ray's to judge."""
-    return all(node.get(k) == v for k, v in wanted.items()
-               if not v.startswith("!") and "(" not in v)
-
-
-def pool_size(actors: int | str, request: dict[str, float], labels: dict) -> int:
-    """The number of actors on the connected cluster; refuses a request that no node can
-    hold, which Ray would otherwise wait on forever."""
-    alive = [n for n in ray.nodes() if n["Alive"]]
-    nodes = [n["Resources"] for n in alive if _has_labels(n.get("Labels", {}), labels)]
-    if fitting_actors(nodes, request) < 1:
-        wanted = f"{request}, labels {labels}" if labels else str(request)
-        raise UserError(f"no node of the cluster has what an inference actor asks for: {wanted}")
-    if actors != "auto":
-        return int(actors)
-    return auto_actors(nodes, request, sum(n["Resources"].get("CPU", 0) for n in alive))

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from effnet_ray.options import MAX_PIXELS
 from effnet_ray.registry import ModelSpec, Step
 
-# Larger images are refused before their pixels are decoded (Pillow reads only the header);
-# the limit is ours, so Pillow's own global one is turned off.
-MAX_PIXELS = 89_478_485  # Pillow's default decompression-bomb threshold, about 9459x9459
-Image.MAX_IMAGE_PIXELS = None
 _SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _CONVERTIBLE = {"1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr"}
 _RESAMPLE = {
@@ -37,7 +35,10 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode to 8-bit RGB, upright as the camera's EXIF orientation says.
 
     The pixel count is checked on the header, before any pixel is decoded, so a
-    decompression bomb costs nothing. Orientation is applied because a sideways photo costs
+    decompression bomb costs nothing. Pillow's own process-wide limit is left as it is (a
+    library must not change it for its caller); its warning is silenced here, where our
+    limit applies, and its hard error (twice its limit, the most `--max-pixels` allows)
+    reads as ours. Orientation is applied because a sideways photo costs
     accuracy; OMZ's OpenCV reader does the same (its Pillow reader does not, which matters
     only for photos carrying the tag). Animated images give their first frame. Alpha is
     dropped, not composited, as `Image.convert('RGB')` in OMZ's reader does.
@@ -45,7 +46,9 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if not data:
         raise ImageError("empty file")
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > max_pixels:
             raise ImageError(f"too many pixels ({width}x{height} > {max_pixels})")
@@ -53,6 +56,8 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         return _to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise
+    except Image.DecompressionBombError:
+        raise ImageError(f"too many pixels (over {max_pixels})") from None
     except Image.UnidentifiedImageError:
         raise ImageError("not a recognised image format") from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
@@ -83,13 +88,22 @@ def centered_box(width: int, height: int, crop_w: int, crop_h: int) -> tuple[int
     return left, top, left + crop_w, top + crop_h
 
 
-def apply_step(image: Image.Image, step: Step) -> Image.Image:
+def _resize(image: Image.Image, size: tuple[int, int], step: Step, max_pixels: int
+            ) -> Image.Image:
+    """Refuse a resize whose result alone would exceed the pixel limit: a 1x8000 image
+    resized to a short side of 256 would be 256 x 2,048,000."""
+    if size[0] * size[1] > max_pixels:
+        raise ImageError(f"too many pixels after resizing {image.size[0]}x{image.size[1]} "
+                         f"to {size[0]}x{size[1]} (> {max_pixels})")
+    return image.resize(size, _RESAMPLE[step.interpolation])
+
+
+def apply_step(image: Image.Image, step: Step, max_pixels: int = MAX_PIXELS) -> Image.Image:
     width, height = image.size
     if step.op == "resize_short_side":
-        size = short_side_size(width, height, step.size)
-        return image.resize(size, _RESAMPLE[step.interpolation])
+        return _resize(image, short_side_size(width, height, step.size), step, max_pixels)
     if step.op == "resize":
-        return image.resize((step.width, step.height), _RESAMPLE[step.interpolation])
+        return _resize(image, (step.width, step.height), step, max_pixels)
     if step.op == "center_crop":
         return image.crop(centered_box(width, height, step.width, step.height))
     if step.op == "central_fraction_crop":
@@ -100,9 +114,10 @@ def apply_step(image: Image.Image, step: Step) -> Image.Image:
     raise ValueError(f"unknown preprocessing op {step.op}")
 
 
-def preprocess_image(image: Image.Image, spec: ModelSpec) -> np.ndarray:
+def preprocess_image(image: Image.Image, spec: ModelSpec, max_pixels: int = MAX_PIXELS
+                     ) -> np.ndarray:
     for step in spec.preprocess:
-        image = apply_step(image, step)
+        image = apply_step(image, step, max_pixels)
     array = np.asarray(image, dtype=np.uint8)
     expected = (spec.input.height, spec.input.width, 3)
     if array.shape != expected:
@@ -111,4 +126,4 @@ def preprocess_image(image: Image.Image, spec: ModelSpec) -> np.ndarray:
 
 
 def preprocess_bytes(data: bytes, spec: ModelSpec, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    return preprocess_image(decode(data, max_pixels), spec)
+    return preprocess_image(decode(data, max_pixels), spec, max_pixels)

@@ -1,41 +1,56 @@
-"""Work units -> samples -> preprocessed chunks: the CPU stage that runs as Ray tasks.
+"""Work units -> samples -> `ImageBatch`es: the CPU stage that runs as Ray tasks.
 
-A sample is (path, bytes or a reason, existing label, existing metadata). Each task streams
-its unit and yields one chunk per `batch_size` samples: the rows that one inference call
-labels and one output file commits. Chunks a previous run committed are skipped before
+A sample is one row of the output: a path plus the image's bytes or the reason there are
+none. This module is the one sample boundary: whatever goes wrong while reading, decoding or
+preprocessing one file, tar member or Parquet row (or a whole shard) becomes that row's (or
+the shard's) reason; only a store failure that may pass (`storage.is_transient`) escapes,
+after its retries, so that the task fails and a rerun labels those images instead of
+committing them as errors.
+
+Work is bounded per item: only regular files and regular tar members are opened, at most
+`max_bytes` are read of any of them (the listing's size is checked before reading, and the
+read itself stops one byte past the limit, because a store or a file can lie), and
+preprocessing refuses any image, decoded or intermediate, above `max_pixels`.
+
+Each task streams its unit and yields one batch per `batch_size` samples: the rows one actor
+call labels and one output part commits. Parts a previous run committed are skipped before
 their bytes are read (files, Parquet row groups) or decoded (members of a tar stream).
-Anything that cannot be read or decoded is a row with its reason; nothing is dropped. A
-store error that may pass is retried, resuming a shard where it broke off; if it persists,
-the task fails rather than commit rows that a rerun could still label.
 """
 
 from __future__ import annotations
 
-import tarfile
+import errno
+import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from effnet_ray.errors import UserError
-from effnet_ray.listing import IMAGE_EXTENSIONS, suffix
-from effnet_ray.preprocessing import MAX_PIXELS, ImageError, preprocess_bytes
-from effnet_ray.registry import get_spec
+from effnet_ray.batch import ImageBatch, stack
+from effnet_ray.options import ReadOptions
+from effnet_ray.preprocessing import ImageError, preprocess_bytes
+from effnet_ray.registry import ModelSpec
 from effnet_ray.storage import (
     ATTEMPTS,
-    PERMANENT,
-    backoff,
-    named_errors,
+    LOCAL,
+    is_local,
+    is_transient,
+    local_path,
     open_fs,
+    printable,
+    protocol_of,
+    redact,
     retrying,
     short_reason,
+    wait_or_raise,
 )
 
-ROWS_PER_BATCH = 8
-SHARD_SEPARATOR = "::"
-LABEL_EXTENSIONS = (".cls", ".txt")
+Skip = Callable[[int], bool]
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISDIR, "a folder"))
 
 
 @dataclass
@@ -43,141 +58,93 @@ class Sample:
     path: str
     data: bytes | None = None
     error: str | None = None
-    label: str | None = None
+    source_label: str | None = None
     metadata: str | None = None
+    size: int | None = None
+    version: str | None = None
 
 
 @dataclass(frozen=True)
-class ReadOptions:
-    model: str
+class ReadTask:
+    """Everything a decoding task needs, and nothing else."""
+
+    options: ReadOptions
+    spec: ModelSpec
+    # repr=False: credentials may be in here and must never reach a log line
     storage_options: dict | None = None
-    image_column: str = "image"
-    id_column: str = "id"
-    max_pixels: int = MAX_PIXELS
-    batch_size: int = 32
+
+    def __repr__(self) -> str:
+        return f"ReadTask({self.options!r}, model={self.spec.name})"
 
 
-Skip = Callable[[int], bool]
+def too_large(size: int, limit: int) -> str:
+    return f"larger than --max-bytes ({size} > {limit} bytes)"
 
 
-def file_samples(uris: list[str], opts: ReadOptions, skip: Skip) -> Iterator[Sample | None]:
-    for index, uri in enumerate(uris):
+def describe(exc: BaseException) -> str:
+    """A row's reason for an error of one item (the sample boundary's wording)."""
+    if isinstance(exc, ImageError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "not enough memory to decode"
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return "unreadable object (a symbolic link loop)"
+    if isinstance(exc, OSError) and exc.errno == errno.ENXIO:
+        return "not a regular file (a socket or a device without a reader)"
+    return f"unreadable object ({short_reason(exc)})"
+
+
+def read_local(path: str, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file; never blocks on a FIFO, never reads a device."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        for test, what in _SPECIAL:
+            if test(mode):
+                raise ImageError(f"not a regular file ({what})")
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise ImageError(too_large(size, limit))
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ImageError(too_large(len(data), limit))
+    return data
+
+
+def read_object(uri: str, size: int | None, task: ReadTask) -> bytes:
+    limit = task.options.max_bytes
+    fs, path = open_fs(local_path(uri), task.storage_options)
+    if is_local(fs):
+        return read_local(path, limit)
+    if size is not None and size > limit:
+        raise ImageError(too_large(size, limit))
+    data = retrying(lambda: fs.cat_file(path, start=0, end=limit + 1), fs)
+    if len(data) > limit:
+        raise ImageError(too_large(len(data), limit))
+    return data
+
+
+def file_samples(uris: list[str], sizes: list, versions: list, task: ReadTask, skip: Skip
+                 ) -> Iterator[Sample | None]:
+    for index, (uri, size, version) in enumerate(zip(uris, sizes, versions, strict=True)):
         if skip(index):
             yield None
             continue
-        fs, path = open_fs(uri, opts.storage_options)
+        sample = Sample(redact(uri), size=size, version=version)
         try:
-            yield Sample(uri, data=retrying(lambda: fs.cat_file(path)))  # noqa: B023
-        except PERMANENT as exc:
-            yield Sample(uri, error=f"unreadable object ({short_reason(exc)})")
+            sample.data = read_object(uri, size, task)
+        except Exception as exc:
+            if protocol_of(uri) not in LOCAL and is_transient(exc):
+                raise
+            sample.error = describe(exc)
+        yield sample
 
 
-def _key(member_name: str) -> tuple[str, str]:
-    """WebDataset: the key is the path up to the first dot of the file name."""
-    folder, _, name = member_name.rpartition("/")
-    stem, dot, ext = name.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), (dot + ext).lower()
-
-
-def _sample_from(shard: str, key: str, members: dict[str, bytes]) -> Sample:
-    path = f"{shard}{SHARD_SEPARATOR}{key}"
-    images = [ext for ext in members if suffix("x" + ext) in IMAGE_EXTENSIONS]
-    label = next((members[e].decode("utf-8", "replace").strip() for e in LABEL_EXTENSIONS
-                  if e in members), None)
-    metadata = members[".json"].decode("utf-8", "replace") if ".json" in members else None
-    if not images:
-        return Sample(path, error="no image in this sample", label=label, metadata=metadata)
-    return Sample(path, data=members[sorted(images)[0]], label=label, metadata=metadata)
-
-
-def tar_samples(uri: str, opts: ReadOptions, skip: Skip) -> Iterator[Sample | None]:
-    """Stream a WebDataset shard: consecutive members with one key form one sample."""
-    key, members, index = None, {}, 0
-    fs, path = open_fs(uri, opts.storage_options)
-    try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                member_key, ext = _key(member.name)
-                if member_key != key and key is not None:
-                    yield None if skip(index) else _sample_from(uri, key, members)
-                    members, index = {}, index + 1
-                key = member_key
-                if not skip(index):
-                    members[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError) as exc:  # a truncated shard: say where it stopped
-        reason = short_reason(exc)
-        if members:
-            yield _sample_from(uri, key, members)
-        elif key is not None:
-            yield Sample(f"{uri}{SHARD_SEPARATOR}{key}", error=f"truncated shard ({reason})")
-        yield Sample(uri, error=f"unreadable shard after {key or 'its start'} ({reason})")
-        return
-    if key is not None:
-        yield None if skip(index) else _sample_from(uri, key, members)
-
-
-def _missing_image_column(names: list[str], opts: ReadOptions) -> str | None:
-    if opts.image_column in names:
-        return None
-    return f"no image column '{opts.image_column}' (columns: {', '.join(names[:20])})"
-
-
-def check_parquet_columns(uri: str, opts: ReadOptions) -> None:
-    """A wrong --image-column is an argument error: found on the first shard, before work."""
-    fs, path = open_fs(uri, opts.storage_options)
-    with named_errors(uri), fs.open(path, "rb") as f:
-        missing = _missing_image_column(pq.ParquetFile(f).schema_arrow.names, opts)
-    if missing:
-        raise UserError(f"{uri} has {missing}; choose one with --image-column")
-
-
-def _image_bytes(value: object) -> bytes | None:
-    if isinstance(value, dict):  # Hugging Face's Image feature: {"bytes": ..., "path": ...}
-        value = value.get("bytes")
-    return value if isinstance(value, bytes) else None
-
-
-def parquet_samples(uri: str, opts: ReadOptions, skip: Skip) -> Iterator[Sample | None]:
-    """Rows of a Parquet shard; row groups whose rows are all done are not read."""
-    fs, path = open_fs(uri, opts.storage_options)
-    try:
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            names = parquet.schema_arrow.names
-            missing = _missing_image_column(names, opts)
-            if missing:
-                yield Sample(uri, error=missing)
-                return
-            columns = [opts.image_column] + ([opts.id_column] if opts.id_column in names else [])
-            row = 0
-            for group in range(parquet.num_row_groups):
-                count = parquet.metadata.row_group(group).num_rows
-                if all(skip(i) for i in range(row, row + count)):
-                    yield from [None] * count
-                    row += count
-                    continue
-                for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, row_groups=[group],
-                                                  columns=columns):
-                    ids = (batch.column(opts.id_column).to_pylist() if len(columns) == 2
-                           else range(row, row + batch.num_rows))
-                    for value, ident in zip(batch.column(0).to_pylist(), ids, strict=True):
-                        data = _image_bytes(value)
-                        sample_path = f"{uri}{SHARD_SEPARATOR}{ident}"
-                        if skip(row):
-                            yield None
-                        elif data is None:
-                            yield Sample(sample_path, error="no image bytes in this row")
-                        else:
-                            yield Sample(sample_path, data=data)
-                        row += 1
-    except (pa.ArrowInvalid, ValueError) as exc:
-        yield Sample(uri, error=f"unreadable Parquet shard ({short_reason(exc)})")
-
-
-def _resuming(read: Callable[[Skip], Iterator[Sample | None]], skip: Skip
-              ) -> Iterator[Sample | None]:
+def resuming(read: Callable[[Skip], Iterator[Sample | None]], skip: Skip
+             ) -> Iterator[Sample | None]:
     """`read`, reopened after a transient store error and continued past what it yielded."""
     yielded = 0
     for attempt in range(ATTEMPTS):
@@ -187,80 +154,68 @@ def _resuming(read: Callable[[Skip], Iterator[Sample | None]], skip: Skip
                     yielded += 1
                     yield sample
             return
-        except PERMANENT:
-            raise
-        except Exception:  # stores raise anything from OSError to botocore errors
-            if attempt == ATTEMPTS - 1:
-                raise
-            backoff(attempt)
+        except Exception as exc:
+            wait_or_raise(exc, attempt, None)
 
 
-def unit_samples(kind: str, uris: list[str], opts: ReadOptions, skip: Skip
-                 ) -> Iterator[Sample | None]:
+def unit_samples(kind: str, uris: list[str], sizes: list, versions: list, task: ReadTask,
+                 skip: Skip) -> Iterator[Sample | None]:
     """Samples of a unit in a fixed order; None where `skip(index)` says the row is done."""
+    from effnet_ray.shards import parquet_samples, tar_samples
+
     if kind == "files":
-        return file_samples(uris, opts, skip)
+        return file_samples(uris, sizes, versions, task, skip)
     read_shard = tar_samples if kind == "webdataset" else parquet_samples
-    (uri,) = uris
-    return _resuming(lambda s: read_shard(uri, opts, s), skip)
+    (uri,), (size,), (version,) = uris, sizes, versions
+    return resuming(lambda s: read_shard(uri, size, version, task, s), skip)
 
 
-def preprocess_sample(sample: Sample, opts: ReadOptions) -> np.ndarray | None:
+def preprocess_sample(sample: Sample, task: ReadTask) -> np.ndarray | None:
     if sample.error is not None:
         return None
     try:
-        return preprocess_bytes(sample.data, get_spec(opts.model), opts.max_pixels)
-    except ImageError as exc:
-        sample.error = str(exc)
-    except MemoryError:
-        sample.error = "not enough memory to decode"
+        return preprocess_bytes(sample.data, task.spec, task.options.max_pixels)
+    except Exception as exc:  # the sample boundary: any failure is this row's reason
+        sample.error = describe(exc) if isinstance(exc, (ImageError, MemoryError)) \
+            else f"undecodable image ({short_reason(exc)})"
+    finally:
+        sample.data = None
     return None
 
 
-CHUNK_SCHEMA = pa.schema([
-    ("uid", pa.string()),
-    ("first", pa.int64()),
-    ("last", pa.bool_()),
-    ("paths", pa.list_(pa.string())),
-    ("errors", pa.list_(pa.string())),
-    ("source_labels", pa.list_(pa.string())),
-    ("source_metadata", pa.list_(pa.string())),
-    # the decoded uint8 HxWx3 images of the rows without an error, back to back
-    ("pixels", pa.large_binary()),
-])
+def _batch(uid: str, first: int, last: bool, samples: list[Sample], images: list[np.ndarray],
+           spec: ModelSpec) -> pa.Table:
+    return ImageBatch(
+        uid=uid, first=first, last=last, paths=[printable(s.path) for s in samples],
+        errors=[s.error for s in samples], source_labels=[s.source_label for s in samples],
+        source_metadata=[s.metadata for s in samples], input_sizes=[s.size for s in samples],
+        input_versions=[s.version for s in samples],
+        images=stack(images, spec.input.height, spec.input.width),
+    ).to_arrow()
 
 
-def _chunk(uid: str, first: int, last: bool, samples: list[Sample], images: list[np.ndarray]
-           ) -> pa.Table:
-    pixels = np.stack(images) if images else np.zeros(0, np.uint8)
-    offsets = pa.py_buffer(np.array([0, pixels.nbytes], dtype=np.int64))
-    return pa.Table.from_arrays([
-        pa.array([uid]), pa.array([first], pa.int64()), pa.array([last]),
-        pa.array([[s.path for s in samples]]), pa.array([[s.error for s in samples]]),
-        pa.array([[s.label for s in samples]]), pa.array([[s.metadata for s in samples]]),
-        pa.LargeBinaryArray.from_buffers(pa.large_binary(), 1,
-                                         [None, offsets, pa.py_buffer(pixels)]),
-    ], schema=CHUNK_SCHEMA)
-
-
-def read_units(batch: dict[str, np.ndarray], *, options: ReadOptions) -> Iterator[pa.Table]:
-    """Ray Data map_batches function over work units (columns kind, uris, uid, done)."""
-    size = options.batch_size
-    for kind, uris, uid, done in zip(batch["kind"], batch["uris"], batch["uid"], batch["done"],
-                                     strict=True):
+def read_units(batch: dict[str, np.ndarray], *, task: ReadTask) -> Iterator[pa.Table]:
+    """Ray Data map_batches function over work units (columns kind, uris, sizes, versions,
+    uid, done)."""
+    size = task.options.batch_size
+    for kind, uris, sizes, versions, uid, done in zip(
+            batch["kind"], batch["uris"], batch["sizes"], batch["versions"], batch["uid"],
+            batch["done"], strict=True):
         done = {int(d) for d in done}
         first, samples, images = 0, [], []
         skip = lambda i: i // size * size in done  # noqa: B023, E731
-        for index, sample in enumerate(unit_samples(str(kind), [str(u) for u in uris],
-                                                    options, skip)):
+        sizes = [None if s is None or s < 0 else int(s) for s in sizes]
+        for index, sample in enumerate(unit_samples(
+                str(kind), [local_path(str(u)) for u in uris], sizes, [str(v) for v in versions],
+                task, skip)):
             if index // size * size != first:
                 if first not in done:
-                    yield _chunk(str(uid), first, False, samples, images)
+                    yield _batch(str(uid), first, False, samples, images, task.spec)
                 first, samples, images = index // size * size, [], []
             if sample is not None:
-                image = preprocess_sample(sample, options)
+                image = preprocess_sample(sample, task)
                 samples.append(sample)
                 if image is not None:
                     images.append(image)
-        if first not in done:  # an empty unit still commits its (empty) last chunk
-            yield _chunk(str(uid), first, True, samples, images)
+        if first not in done:  # an empty unit still commits its (empty) last part
+            yield _batch(str(uid), first, True, samples, images, task.spec)

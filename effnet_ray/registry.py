@@ -29,7 +29,6 @@ class TensorSpec:
     layout: str
     shape: tuple[int, ...]
     color: str
-    value_range: tuple[float, float]
 
     @property
     def height(self) -> int:
@@ -58,11 +57,10 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Source:
+class WeightsSource:
     architecture: str
     weights_file: str
     weights_sha256: str
-    weights_size: int
     mean: tuple[float, float, float]
     scale: tuple[float, float, float]
     weights_url: str | None = None
@@ -80,11 +78,11 @@ class Card:
 class ModelSpec:
     name: str
     description: str
-    labels: str
+    class_names: str  # file in effnet_ray/data: one class per line, in index order
     input: TensorSpec
     output: OutputSpec
     preprocess: tuple[Step, ...]
-    source: Source
+    source: WeightsSource
     card: Card | None = None
 
 
@@ -110,7 +108,7 @@ def no_extra(table: dict, allowed: set[str], where: str) -> None:
 
 
 def _parse_input(t: dict, where: str) -> TensorSpec:
-    no_extra(t, {"name", "layout", "shape", "color", "range"}, where)
+    no_extra(t, {"name", "layout", "shape", "color"}, where)
     layout = take(t, "layout", str, where)
     shape = tuple(take(t, "shape", list, where))
     if layout not in ("NCHW", "NHWC"):
@@ -120,8 +118,7 @@ def _parse_input(t: dict, where: str) -> TensorSpec:
     color = take(t, "color", str, where)
     if color not in ("RGB", "BGR"):
         raise UserError(f"{where}: color must be RGB or BGR, not {color}")
-    lo, hi = take(t, "range", list, where)
-    return TensorSpec(take(t, "name", str, where), layout, shape, color, (lo, hi))
+    return TensorSpec(take(t, "name", str, where), layout, shape, color)
 
 
 def _parse_step(t: dict, where: str) -> Step:
@@ -139,8 +136,8 @@ def _parse_step(t: dict, where: str) -> Step:
     return Step(**t)
 
 
-def _parse_source(t: dict, where: str) -> Source:
-    keys = {"architecture", "weights_file", "weights_sha256", "weights_size", "mean", "scale",
+def _parse_source(t: dict, where: str) -> WeightsSource:
+    keys = {"architecture", "weights_file", "weights_sha256", "mean", "scale",
             "weights_url", "weights_package"}
     no_extra(t, keys, where)
     for key in ("mean", "scale"):
@@ -151,12 +148,12 @@ def _parse_source(t: dict, where: str) -> Source:
         raise UserError(f"{where}: weights_sha256 is not a sha256 hex digest")
     if not (t.get("weights_url") or t.get("weights_package")):
         raise UserError(f"{where}: needs weights_url or weights_package")
-    return Source(**{**t, "mean": tuple(t["mean"]), "scale": tuple(t["scale"])})
+    return WeightsSource(**{**t, "mean": tuple(t["mean"]), "scale": tuple(t["scale"])})
 
 
 def parse_spec(data: dict, where: str) -> ModelSpec:
     """Validate one model file's contents; every error names the file and the key."""
-    no_extra(data, {"name", "description", "labels", "input", "output", "preprocess", "source",
+    no_extra(data, {"name", "description", "class_names", "input", "output", "preprocess", "source",
                      "card"}, where)
     tensor = _parse_input(take(data, "input", dict, where), f"{where} [input]")
     out = take(data, "output", dict, where)
@@ -174,13 +171,13 @@ def parse_spec(data: dict, where: str) -> ModelSpec:
     if steps[-1].op not in ("resize", "center_crop"):
         raise UserError(f"{where}: the last preprocessing step must fix the size")
     card = data.get("card")
-    labels = take(data, "labels", str, where)
-    if not resources.files("effnet_ray").joinpath("data", labels).is_file():
-        raise UserError(f"{where}: label file '{labels}' is not in effnet_ray/data")
+    class_names = take(data, "class_names", str, where)
+    if not resources.files("effnet_ray").joinpath("data", class_names).is_file():
+        raise UserError(f"{where}: class names file '{class_names}' is not in effnet_ray/data")
     return ModelSpec(
         name=take(data, "name", str, where),
         description=take(data, "description", str, where),
-        labels=labels,
+        class_names=class_names,
         input=tensor,
         output=output,
         preprocess=steps,
@@ -215,7 +212,7 @@ def get_spec(name: str) -> ModelSpec:
 
 
 @cache
-def load_labels(labels_file: str) -> tuple[str, ...]:
+def load_class_names(file: str) -> tuple[str, ...]:
     """Class names in index order; a line is `<wnid> <name>, <synonym>, ...`, we keep <name>."""
-    text = resources.files("effnet_ray").joinpath("data", labels_file).read_text()
+    text = resources.files("effnet_ray").joinpath("data", file).read_text()
     return tuple(line.split(" ", 1)[1].split(",")[0].strip() for line in text.splitlines() if line)

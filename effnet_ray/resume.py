@@ -1,13 +1,13 @@
-"""What is already done: committed chunk files, the run manifest, and what a rerun skips.
+"""What is already done: committed part files, the run manifest, and what a rerun skips.
 
-The output folder is the only record. Each committed chunk is one Parquet file whose name
-(`writing.Chunk`) says which unit and rows it holds and how many of them are errors:
+The output folder is the only record. Each committed part is one Parquet file whose name
+(`writing.Part`) says which unit and rows it holds and how many of them are errors:
 
     part-<unit id>-<first row, 7 digits>-n<rows>-e<errors>[-last].parquet
 
 A file gets that name only once it is whole (`writing.put_atomic`), so listing the folder's
 names, never opening a file, tells a rerun what to skip: ~40,000 names for a million images
-at the defaults, a few dozen list calls on an object store. `-last` marks the final chunk of a
+at the defaults, a few dozen list calls on an object store. `-last` marks the final part of a
 unit, so a shard whose length nobody knew in advance is known to be complete.
 
 `_manifest.json` says what the rows were made with; a rerun that would mix results of another
@@ -23,53 +23,47 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata as package_metadata
-from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
 from effnet_ray.listing import Unit
-from effnet_ray.storage import display, named_errors
-from effnet_ray.writing import TMP_PREFIX, Chunk, put_atomic
-
-if TYPE_CHECKING:
-    from effnet_ray.config import LabelConfig
+from effnet_ray.shards import SEPARATOR
+from effnet_ray.storage import TMP_PREFIX, display, named_errors, printable, put_atomic, redact
+from effnet_ray.writing import Part
 
 MANIFEST = "_manifest.json"
-# The settings that decide what the rows are; any difference makes a mixed output.
-IDENTITY = ("model", "ir_sha256", "precision", "top_k", "inputs", "layout", "image_column",
-            "id_column", "unit_size", "batch_size")
 VERSIONED = ("effnet-ray", "ray", "openvino", "pyarrow", "numpy", "pillow", "fsspec")
 
 
 @dataclass
 class Committed:
-    """The chunks in an output folder, by unit id and first row."""
+    """The parts in an output folder, by unit id and first row."""
 
-    chunks: dict[str, dict[int, Chunk]] = field(default_factory=dict)
+    parts: dict[str, dict[int, Part]] = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)  # same rows committed twice
     leftovers: list[str] = field(default_factory=list)  # temporary files of a crashed write
 
-    def add(self, chunk: Chunk) -> None:
-        starts = self.chunks.setdefault(chunk.uid, {})
-        if chunk.first in starts:  # a retried chunk that came out differently: keep one
-            chunk, extra = sorted((chunk, starts[chunk.first]), key=lambda c: c.name)
+    def add(self, part: Part) -> None:
+        starts = self.parts.setdefault(part.uid, {})
+        if part.first in starts:  # a retried part that came out differently: keep one
+            part, extra = sorted((part, starts[part.first]), key=lambda c: c.name)
             self.duplicates.append(extra.name)
-        starts[chunk.first] = chunk
+        starts[part.first] = part
 
     def done_starts(self, uid: str) -> list[int]:
-        return sorted(self.chunks.get(uid, {}))
+        return sorted(self.parts.get(uid, {}))
 
     def complete(self, uid: str, batch_size: int) -> bool:
-        starts = self.chunks.get(uid, {})
+        starts = self.parts.get(uid, {})
         last = [c.first for c in starts.values() if c.last]
         return bool(last) and all(s in starts for s in range(0, last[0] + 1, batch_size))
 
     def totals(self) -> tuple[int, int]:
-        """(rows, errors) over every committed chunk."""
-        chunks = [c for starts in self.chunks.values() for c in starts.values()]
-        return sum(c.rows for c in chunks), sum(c.errors for c in chunks)
+        """(rows, errors) over every committed part."""
+        parts = [c for starts in self.parts.values() for c in starts.values()]
+        return sum(c.rows for c in parts), sum(c.errors for c in parts)
 
 
 def scan(fs: AbstractFileSystem, path: str) -> Committed:
@@ -79,9 +73,9 @@ def scan(fs: AbstractFileSystem, path: str) -> Committed:
         names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] \
             if fs.isdir(path) else []
     for name in sorted(names):
-        chunk = Chunk.parse(name)
-        if chunk:
-            committed.add(chunk)
+        part = Part.parse(name)
+        if part:
+            committed.add(part)
         elif name.startswith(TMP_PREFIX):
             committed.leftovers.append(name)
     return committed
@@ -89,19 +83,20 @@ def scan(fs: AbstractFileSystem, path: str) -> Committed:
 
 def tidy(fs: AbstractFileSystem, path: str, committed: Committed, units: Iterable[Unit]
          ) -> int:
-    """Remove what must not count: crashed writes, duplicates, and chunks of units that no
+    """Remove what must not count: crashed writes, duplicates, and parts of units that no
     longer exist although some of their images are still listed (a file added to or removed
-    from their unit: those images are redone in their new unit). Chunks whose images are all
+    from their unit: those images are redone in their new unit). Parts whose images are all
     gone from the inputs stay: results are not thrown away because inputs were moved.
-    Returns how many chunks went."""
+    Returns how many parts went."""
     units = list(units)
     wanted = {u.uid for u in units}
-    stale = [c for uid in committed.chunks if uid not in wanted
-             for c in committed.chunks[uid].values()]
-    listed = {uri for u in units if u.kind == "files" for uri in u.uris} if stale else set()
-    redo = [c for c in stale if listed & set(_paths(fs, f"{path}/{c.name}"))]
-    for chunk in redo:
-        del committed.chunks[chunk.uid][chunk.first]
+    stale = [c for uid in committed.parts if uid not in wanted
+             for c in committed.parts[uid].values()]
+    listed = {printable(redact(uri)) for u in units for uri in u.uris} if stale else set()
+    redo = [c for c in stale
+            if any(_is_listed(p, listed) for p in _paths(fs, f"{path}/{c.name}"))]
+    for part in redo:
+        del committed.parts[part.uid][part.first]
     with named_errors(display(fs, path)):
         for name in committed.leftovers + committed.duplicates + [c.name for c in redo]:
             fs.rm_file(f"{path}/{name}")
@@ -109,14 +104,17 @@ def tidy(fs: AbstractFileSystem, path: str, committed: Committed, units: Iterabl
     return len(redo)
 
 
+def _is_listed(row_path: str, listed: set[str]) -> bool:
+    """Whether a row's path names a listed file, or a sample of a listed shard."""
+    if row_path in listed:
+        return True
+    parts = row_path.split(SEPARATOR)
+    return any(SEPARATOR.join(parts[:i]) in listed for i in range(1, len(parts)))
+
+
 def _paths(fs: AbstractFileSystem, file: str) -> list[str]:
     with named_errors(display(fs, file)), fs.open(file, "rb") as f:
         return pq.read_table(f, columns=["path"]).column("path").to_pylist()
-
-
-def identity(cfg: LabelConfig, ir_sha256: str) -> dict:
-    settings = {k: getattr(cfg, k) for k in IDENTITY if k not in ("ir_sha256", "inputs")}
-    return {**settings, "inputs": list(cfg.inputs), "ir_sha256": ir_sha256}
 
 
 def read_manifest(fs: AbstractFileSystem, path: str) -> dict | None:
@@ -142,7 +140,7 @@ def check_resumable(fs: AbstractFileSystem, path: str, wanted: dict) -> dict | N
                                 "older run (no manifest); pass --overwrite to replace them")
         return None
     had = manifest.get("identity", {})
-    differ = [k for k in IDENTITY if had.get(k) != wanted.get(k)]
+    differ = [k for k in wanted if had.get(k) != wanted.get(k)]
     if differ:
         what = "; ".join(f"{k}: {_show(had.get(k))} there, {_show(wanted.get(k))} now"
                          for k in differ)

@@ -2,23 +2,37 @@
 
 Credentials and endpoints come from each store's own environment and config files (for S3:
 AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, profiles...) plus `--storage-options`. Neither the
-options nor anything derived from them is ever put into a message, a log line or the output.
+options nor a URI's userinfo (`https://user:password@host/...`) ever reach a message, a log
+line or the output: every name shown passes through `redact`.
+
+Errors are sorted here, in one place: `is_transient` says which failures of a store may pass
+(connection refused or reset, timeouts, 5xx, throttling) and are worth retrying; everything
+else, and every error of a local file, says something about the object itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
+import os
 import random
-import tarfile
+import re
+import shutil
 import time
+import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import fsspec
-import pyarrow.fs as pafs
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # Fail in seconds, not minutes, when a store is down: botocore's defaults retry for long.
 _DEFAULTS = {
@@ -26,27 +40,64 @@ _DEFAULTS = {
                              "retries": {"max_attempts": 3, "mode": "standard"}}},
 }
 READ_ONLY = ("http", "https")
-# Errors that say something about the object, not the moment: retrying cannot help.
-PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-             UserError, tarfile.TarError, EOFError, ValueError, TypeError, UnicodeError)
+# Readers (pyarrow, Ray Data, Spark) skip names starting with "."; so does the resume scan.
+TMP_PREFIX = ".tmp-"
+LOCAL = ("file", "local")
 # On top of botocore's own 3 attempts per call: rides out a blip of ~15 s.
 ATTEMPTS = 5
 FIRST_WAIT = 0.5
+_PROTOCOL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_TRANSIENT_ERRNO = {errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET,
+                    errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE, errno.EHOSTUNREACH,
+                    errno.ENETUNREACH, errno.ENETDOWN, getattr(errno, "EREMOTEIO", errno.EIO)}
+# botocore's and aiohttp's names for a connection that failed or timed out
+_TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                    "ConnectionClosedError", "ProxyConnectionError", "ClientConnectionError",
+                    "ClientConnectorError", "ServerDisconnectedError", "ClientPayloadError",
+                    "ServerTimeoutError", "FSTimeoutError", "ResponseStreamingError"}
+_THROTTLING = {"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout",
+               "RequestLimitExceeded", "TooManyRequestsException", "ServiceUnavailable"}
 T = TypeVar("T")
+
+
+def protocol_of(uri: str) -> str:
+    """The scheme before `://`; anything else is a local path. Unlike fsspec's own parsing,
+    `::` is never a chain separator, so `x::y.jpg` is a file name."""
+    match = _PROTOCOL.match(uri)
+    return match.group(1).lower() if match else "file"
+
+
+def redact(uri: str) -> str:
+    """`uri` without the password or token of its userinfo."""
+    if "@" not in uri or "://" not in uri:
+        return uri
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def open_fs(uri: str, options: dict | None = None) -> tuple[AbstractFileSystem, str]:
     """The filesystem and the path within it; `options` apply to remote stores only."""
-    protocol = fsspec.utils.get_protocol(uri)
-    kwargs = {} if protocol in ("file", "local") else {**_DEFAULTS.get(protocol, {}),
-                                                        **(options or {})}
+    protocol = protocol_of(uri)
     try:
-        return fsspec.core.url_to_fs(uri, **kwargs)
+        cls = fsspec.get_filesystem_class(protocol)
     except ImportError as exc:
-        raise UserError(f"{uri}: this store needs an extra package ({exc.name}); "
+        raise UserError(f"{redact(uri)}: this store needs an extra package ({exc.name}); "
                         "pip install 'effnet-ray[cloud]'") from None
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{uri}: bad storage options ({type(exc).__name__})") from None
+    except ValueError:
+        raise UserError(f"{redact(uri)}: unknown protocol '{protocol}://' (known: file, s3, "
+                        "gs, az, abfs, http, https...)") from None
+    local = protocol in LOCAL
+    kwargs = {} if local else {**_DEFAULTS.get(protocol, {}), **(options or {})}
+    try:
+        fs = cls(**kwargs)
+    except (ValueError, TypeError) as exc:  # the message names the option, never its value
+        reason = str(exc).splitlines()[0][:120] if not options else type(exc).__name__
+        raise UserError(f"{redact(uri)}: bad storage options for {protocol} ({reason})") \
+            from None
+    return fs, fs._strip_protocol(uri)
 
 
 def protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
@@ -55,7 +106,7 @@ def protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
 
 
 def is_local(fs: AbstractFileSystem) -> bool:
-    return bool({"file", "local"} & set(protocols(fs)))
+    return bool(set(LOCAL) & set(protocols(fs)))
 
 
 def is_read_only(fs: AbstractFileSystem) -> bool:
@@ -63,46 +114,154 @@ def is_read_only(fs: AbstractFileSystem) -> bool:
 
 
 def display(fs: AbstractFileSystem, path: str) -> str:
-    """The name users see: an absolute local path, or the full URI."""
+    """The name a run uses: an absolute local path, or the full URI."""
     return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(seen) < 8:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _transient_one(exc: BaseException) -> bool:
+    if isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
+        return True
+    if type(exc).__name__ in _TRANSIENT_NAMES:
+        return True
+    response = getattr(exc, "response", None)  # botocore's ClientError
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code", "")
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in _THROTTLING or status >= 500 or status == 429
+    status = getattr(exc, "status", None)  # aiohttp's ClientResponseError (http stores)
+    if isinstance(status, int) and type(exc).__name__ == "ClientResponseError":
+        return status >= 500 or status == 429
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNO
+
+
+def is_transient(exc: BaseException, fs: AbstractFileSystem | None = None) -> bool:
+    """Whether `exc` is a store failure that may pass. A local file's error never is: a
+    symlink loop, a socket or a corrupt file stays what it is however often it is read."""
+    if fs is not None and is_local(fs):
+        return False
+    if isinstance(exc, (UserError, FileNotFoundError, PermissionError, IsADirectoryError,
+                        NotADirectoryError, FileExistsError)):
+        return False
+    return any(_transient_one(e) for e in _chain(exc))
 
 
 @contextmanager
 def named_errors(uri: str) -> Iterator[None]:
-    """Turn a store's failure into one line naming the URI (never its credentials)."""
+    """A store's failure as one line naming the URI (never its credentials). Only store
+    errors are translated: anything else is a bug and keeps its traceback."""
+    shown = redact(uri)
     try:
         yield
     except UserError:
         raise
     except FileNotFoundError:
-        raise UserError(f"{uri} does not exist") from None
+        raise UserError(f"{shown} does not exist") from None
     except PermissionError:
-        raise UserError(f"access to {uri} is denied") from None
-    except Exception as exc:  # stores raise anything from OSError to botocore errors
-        raise UserError(f"cannot reach {uri}: {short_reason(exc)}") from None
+        raise UserError(f"access to {shown} is denied") from None
+    except Exception as exc:
+        if is_transient(exc) or _is_store_error(exc):
+            raise UserError(f"cannot reach {shown}: {short_reason(exc)}") from exc
+        raise
+
+
+def _is_store_error(exc: BaseException) -> bool:
+    """OSErrors and the stores' own client errors (botocore, aiohttp) that are not bugs."""
+    return any(isinstance(e, OSError) or type(e).__module__.split(".")[0]
+               in ("botocore", "aiobotocore", "aiohttp", "azure", "google")
+               for e in _chain(exc))
 
 
 def short_reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = redact(str(exc)).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def pyarrow_fs(fs: AbstractFileSystem) -> pafs.FileSystem | None:
-    """For pyarrow and Ray Data; None (their native local I/O) for local paths."""
-    return None if is_local(fs) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
-def backoff(attempt: int) -> None:
+def wait_or_raise(exc: Exception, attempt: int, fs: AbstractFileSystem | None) -> None:
+    """The one retry policy: back off after a transient error, raise anything else and the
+    last attempt's error."""
+    if attempt >= ATTEMPTS - 1 or not is_transient(exc, fs):
+        raise exc
+    log.debug("transient store error, retrying: %s", short_reason(exc))
     time.sleep(FIRST_WAIT * 2**attempt * random.uniform(0.5, 1.5))
 
 
-def retrying(call: Callable[[], T]) -> T:
-    """`call()`, retried with exponential backoff while its errors look transient."""
-    for attempt in range(ATTEMPTS - 1):
+def retrying(call: Callable[[], T], fs: AbstractFileSystem | None = None) -> T:
+    """`call()`, retried with exponential backoff while its errors are transient."""
+    for attempt in range(ATTEMPTS):
         try:
             return call()
-        except PERMANENT:
-            raise
-        except Exception:  # stores raise anything from OSError to botocore errors
-            backoff(attempt)
-    return call()
+        except Exception as exc:
+            wait_or_raise(exc, attempt, fs)
+    raise AssertionError("unreachable")
+
+
+def printable(name: str, local: bool = True) -> str:
+    """`name` as valid UTF-8, losslessly. A name that is not (local file systems allow any
+    bytes; Python keeps the odd ones as surrogates) becomes a percent-encoded `file://` URI
+    (RFC 8089) when `local`, else just percent-encoded; `local_path` inverts the first."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        quoted = urllib.parse.quote(name.encode("utf-8", "surrogateescape"), safe="/")
+        return f"file://{quoted}" if local else quoted
+
+
+def local_path(name: str) -> str:
+    """The inverse of `printable` for local names."""
+    if name.startswith("file://"):
+        return os.fsdecode(urllib.parse.unquote_to_bytes(name[len("file://"):]))
+    return name
+
+
+def put_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> None:
+    """Make `path` appear whole or not at all, whatever instant the process dies.
+
+    Local disks: write a hidden temporary file beside it, fsync, rename over. Object stores:
+    one PUT (or a multipart upload) only shows the object once it is complete.
+    """
+    if not is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    folder, name = os.path.split(path)
+    with _temporary(Path(folder), name) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_folder(dest: Path, replace: bool = False) -> Iterator[Path]:
+    """A temporary folder beside `dest` that becomes `dest` when the block ends without an
+    error (replacing an older `dest` if `replace`, else leaving one another process made
+    first); removed in every other case."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _temporary(dest.parent, dest.name) as tmp:
+        tmp.mkdir()
+        yield tmp
+        if replace and dest.is_dir():
+            shutil.rmtree(dest)
+        if not dest.is_dir():
+            os.rename(tmp, dest)
+
+
+@contextmanager
+def _temporary(folder: Path, name: str) -> Iterator[Path]:
+    tmp = folder / f"{TMP_PREFIX}{name}.{uuid.uuid4().hex}"
+    try:
+        yield tmp
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
+            os.remove(tmp)

@@ -1,28 +1,26 @@
-"""The output rows: one per input image, the model's answer or the reason there is none;
-and how a file of them is committed so that a crash never leaves half of one that counts."""
+"""The output rows, one per input: the model's answer or the reason there is none; and the
+commit of a batch's rows as one output part, so that a crash never leaves half of one that
+counts and a run that lost its lease never writes into the output."""
 
 from __future__ import annotations
 
 import io
-import os
 import re
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.spec import AbstractFileSystem
 
-from effnet_ray.storage import is_local, retrying
+from effnet_ray.batch import ImageBatch
+from effnet_ray.lease import check_holder
+from effnet_ray.storage import open_fs, put_atomic, retrying
 
-# Readers (pyarrow, Ray Data, Spark) skip names starting with "."; so does the resume scan.
-TMP_PREFIX = ".tmp-"
-_CHUNK = re.compile(r"^part-([0-9a-f]{16})-(\d{7,})-n(\d+)-e(\d+)(-last)?\.parquet$")
+_PART = re.compile(r"^part-([0-9a-f]{16})-(\d{7,})-n(\d+)-e(\d+)(-last)?\.parquet$")
 
 
 @dataclass(frozen=True)
-class Chunk:
+class Part:
     """One committed file: rows `first`.. of a work unit (`last`: the unit's final rows).
 
     Its name carries all of this, so listing names tells what is done without opening files.
@@ -36,16 +34,12 @@ class Chunk:
 
     @property
     def name(self) -> str:
-        return (f"{self.key}-n{self.rows}-e{self.errors}"
+        return (f"part-{self.uid}-{self.first:07d}-n{self.rows}-e{self.errors}"
                 f"{'-last' if self.last else ''}.parquet")
 
-    @property
-    def key(self) -> str:
-        return f"part-{self.uid}-{self.first:07d}"
-
     @classmethod
-    def parse(cls, name: str) -> Chunk | None:
-        match = _CHUNK.match(name)
+    def parse(cls, name: str) -> Part | None:
+        match = _PART.match(name)
         if not match:
             return None
         uid, first, rows, errors, last = match.groups()
@@ -65,6 +59,8 @@ def output_schema(classes: int) -> pa.Schema:
         ("error", pa.string()),
         ("source_label", pa.string()),
         ("source_metadata", pa.string()),
+        ("input_size", pa.int64()),
+        ("input_version", pa.string()),
     ])
 
 
@@ -77,62 +73,42 @@ def softmax_top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype(np.int32), np.take_along_axis(probs, ids, axis=1).astype(np.float32)
 
 
-def result_table(paths: list[str], model: str, logits: np.ndarray, errors: list[str | None],
-                 labels: tuple[str, ...], k: int, source_labels: list[str | None],
-                 source_metadata: list[str | None]) -> pa.Table:
-    """Rows with `error` set carry nulls in every model column.
+def result_table(batch: ImageBatch, logits: np.ndarray, model: str,
+                 class_names: tuple[str, ...], k: int) -> pa.Table:
+    """The batch's rows; `logits` has one row per image of the batch (its good rows).
 
-    `source_label`/`source_metadata` carry what a WebDataset sample brought along (.cls or
-    .txt, .json); they are null for plain image files.
+    Rows with `error` set carry nulls in every model column. `source_label` and
+    `source_metadata` carry what a WebDataset sample brought along (.cls or .txt, .json).
     """
-    ok = np.array([e is None for e in errors], dtype=bool)
-    ids, probs = softmax_top_k(logits, k)
-    n, classes = logits.shape
+    n, classes = batch.rows, logits.shape[1]
+    ok = np.array([e is None for e in batch.errors], dtype=bool)
+    every = np.zeros((n, classes), dtype=np.float32)
+    every[ok] = logits
+    ids, probs = softmax_top_k(every, k)
 
     def per_row(values: list) -> list:
         return [v if good else None for v, good in zip(values, ok, strict=True)]
 
     top_ids = [row.tolist() for row in ids]
     columns = {
-        "path": pa.array(paths, pa.string()),
+        "path": pa.array(batch.paths, pa.string()),
         "model": pa.array([model] * n, pa.string()),
         "class_id": pa.array(per_row(ids[:, 0].tolist()), pa.int32()),
-        "label": pa.array(per_row([labels[i[0]] for i in top_ids]), pa.string()),
+        "label": pa.array(per_row([class_names[i[0]] for i in top_ids]), pa.string()),
         "top_k_ids": pa.array(per_row(top_ids), pa.list_(pa.int32())),
-        "top_k_labels": pa.array(per_row([[labels[j] for j in i] for i in top_ids]),
+        "top_k_labels": pa.array(per_row([[class_names[j] for j in i] for i in top_ids]),
                                  pa.list_(pa.string())),
         "top_k_probs": pa.array(per_row([row.tolist() for row in probs]),
                                 pa.list_(pa.float32())),
-        "logits": pa.FixedSizeListArray.from_arrays(
-            pa.array(np.ascontiguousarray(logits, dtype=np.float32).ravel()), classes,
-            mask=pa.array(~ok)),
-        "error": pa.array(errors, pa.string()),
-        "source_label": pa.array(source_labels, pa.string()),
-        "source_metadata": pa.array(source_metadata, pa.string()),
+        "logits": pa.FixedSizeListArray.from_arrays(pa.array(every.ravel()), classes,
+                                                    mask=pa.array(~ok)),
+        "error": pa.array(batch.errors, pa.string()),
+        "source_label": pa.array(batch.source_labels, pa.string()),
+        "source_metadata": pa.array(batch.source_metadata, pa.string()),
+        "input_size": pa.array(batch.input_sizes, pa.int64()),
+        "input_version": pa.array(batch.input_versions, pa.string()),
     }
     return pa.Table.from_pydict(columns, schema=output_schema(classes))
-
-
-def put_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> None:
-    """Make `path` appear whole or not at all, whatever instant the process dies.
-
-    Local disks: write a hidden temporary file beside it, fsync, rename over. Object stores:
-    one PUT (or a multipart upload) only shows the object once it is complete.
-    """
-    if not is_local(fs):
-        fs.pipe_file(path, data)
-        return
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f"{TMP_PREFIX}{name}.{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -141,9 +117,28 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def commit_chunk(fs: AbstractFileSystem, folder: str, chunk: Chunk, table: pa.Table) -> None:
-    """Commit `table` under the chunk's name. A retried batch whose error count came out
-    differently leaves a second file for the same rows; the scan at the end of the run (or
-    at the start of the next) keeps one, so commits need no listing of their own."""
-    data = parquet_bytes(table)
-    retrying(lambda: put_atomic(fs, f"{folder}/{chunk.name}", data))
+class Committer:
+    """Commits one batch's rows as one part, in the actor that labelled them: a part is done
+    exactly when Ray sees the call finish, and a retried call rewrites the same name.
+
+    Before each write it checks that the output's lease still names this run (`token`): a
+    worker of a killed driver cannot write into a run that started after it.
+    """
+
+    def __init__(self, output: str, token: str, storage_options: dict | None = None) -> None:
+        self.output, self.token = output, token
+        self._storage_options = storage_options
+
+    def __repr__(self) -> str:  # never the storage options
+        return f"Committer({self.output!r})"
+
+    def __call__(self, batch: ImageBatch, table: pa.Table) -> Part:
+        fs, folder = open_fs(self.output, self._storage_options)
+        part = Part(batch.uid, batch.first, table.num_rows,
+                    table.num_rows - table.column("error").null_count, batch.last)
+        data = parquet_bytes(table)
+        check_holder(fs, folder, self.token)
+        # A retried batch whose error count came out differently leaves a second file for
+        # the same rows; the scan at the end of the run (or the next start) keeps one.
+        retrying(lambda: put_atomic(fs, f"{folder}/{part.name}", data), fs)
+        return part

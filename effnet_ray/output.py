@@ -1,0 +1,88 @@
+"""The output folder as a place: where it may be, what in it is ours, and starting over.
+
+The output is the only place this tool deletes anything, and there only what it wrote: its
+part files, its manifest, its lease and its temporary files. An output that is, or holds, an
+input is refused; an output inside an input folder is fine (listing passes over it).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fsspec.spec import AbstractFileSystem
+
+from effnet_ray.errors import UserError
+from effnet_ray.lease import LEASE
+from effnet_ray.listing import is_glob
+from effnet_ray.resume import MANIFEST
+from effnet_ray.storage import (
+    TMP_PREFIX,
+    display,
+    is_local,
+    is_read_only,
+    named_errors,
+    open_fs,
+    redact,
+)
+from effnet_ray.writing import Part
+
+
+def is_ours(name: str) -> bool:
+    return (Part.parse(name) is not None or name in (MANIFEST, LEASE)
+            or name.startswith(TMP_PREFIX))
+
+
+def _normal(fs: AbstractFileSystem, path: str) -> str:
+    """A comparable name: links resolved on local disks, no trailing slash."""
+    path = os.path.realpath(path) if is_local(fs) else display(fs, path)
+    return path.rstrip("/") or "/"
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def check_place(output: str, inputs: tuple[str, ...], storage_options: dict
+                ) -> tuple[AbstractFileSystem, str]:
+    """The output's filesystem and path, once it is known not to be a file, a read-only
+    store, an input or a folder holding an input."""
+    fs, path = open_fs(output, storage_options)
+    shown = redact(output)
+    if is_read_only(fs):
+        raise UserError(f"output {shown}: http(s) stores are read-only")
+    with named_errors(output):
+        if fs.isfile(path):
+            raise UserError(f"output {shown} exists and is not a folder")
+    out = _normal(fs, path)
+    for item in inputs:
+        in_fs, in_path = open_fs(item, storage_options)
+        if type(in_fs) is not type(fs):
+            continue
+        if is_glob(item) and not (os.path.lexists(in_path) if is_local(in_fs) else False):
+            in_path = in_path[:min(in_path.index(c) for c in "*?[" if c in in_path)]
+            in_path = in_path.rsplit("/", 1)[0] or "/"
+        if _within(_normal(in_fs, in_path), out):
+            raise UserError(f"output {shown} is or holds the input {redact(item)}; results "
+                            "go into a folder of their own (it may be inside an input folder)")
+    return fs, path
+
+
+def clear(fs: AbstractFileSystem, path: str) -> int:
+    """--overwrite: delete what this tool wrote, after checking that nothing else is there
+    (a folder of other files is someone's data, not an old run). Returns files deleted."""
+    where = display(fs, path)
+    with named_errors(where):
+        fs.invalidate_cache()
+        names = [n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] \
+            if fs.isdir(path) else []
+        foreign = sorted(n for n in names if not is_ours(n))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
+                                              if len(foreign) > 5 else "")
+            raise UserError(f"output {redact(where)} holds files this tool did not write "
+                            f"({shown}); --overwrite only replaces an output of effnet-ray: "
+                            "choose an empty or new folder")
+        doomed = [n for n in names if n != LEASE]
+        for name in doomed:
+            fs.rm_file(f"{path}/{name}")
+    return len(doomed)
