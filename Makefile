@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test unit lint bench clean
 
 # torch is installed first and pinned: this machine carries a CPU build of 2.13.0 on disk,
 # and any other torch request would pull a multi-GB CUDA build.
@@ -23,6 +23,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# The fast layer: pure parts and single stages without Ray, in seconds.
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/test_unit_*.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_label.py

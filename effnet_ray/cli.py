@@ -232,10 +232,10 @@ def _install_logging(debug: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    debug = "--debug" in argv  # anywhere on the line, before or after the command
     _install_logging(debug)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args([a for a in argv if a != "--debug"])
         if args.command == "models":
             (models_list if args.models_command == "list" else models_prepare)(args)
         elif args.command == "label":

@@ -110,10 +110,14 @@ def read_holder(fs: AbstractFileSystem, folder: str) -> tuple[Holder | None, str
             version = info.get("ETag")
     except FileNotFoundError:
         return None, None
+    return _decode(data), version
+
+
+def _decode(data: bytes) -> Holder:
     try:
-        return Holder(**json.loads(data)), version
+        return Holder(**json.loads(data))
     except (ValueError, TypeError):
-        return Holder("", "?", 0, "", "unknown", 0.0), version  # unreadable: expired
+        return Holder("", "?", 0, "", "unknown", 0.0)  # unreadable: long expired
 
 
 def _is_s3(fs: AbstractFileSystem) -> bool:
@@ -156,7 +160,7 @@ def _replace(fs: AbstractFileSystem, folder: str, data: bytes, stale: Holder,
         except FileNotFoundError:
             return _create(fs, folder, data)
         with open(aside, "rb") as f:
-            same = f.read() == _encode(stale)
+            same = _decode(f.read()) == stale
         if not same:  # another run took it over between our read and the rename
             try:
                 os.link(aside, path)

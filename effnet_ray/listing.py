@@ -104,18 +104,20 @@ def _walk_local(root: str, exclude: str | None) -> list[_Entry]:
                                                   == exclude):
                 continue
             seen.add((st.st_dev, st.st_ino))
-            entries = list(os.scandir(folder))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
             raise UserError(f"cannot list {folder}: {exc.strerror or exc}") from None
+        folders = []
         for entry in entries:
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
                 is_dir = False
             if is_dir:
-                stack.append(entry.path)
+                folders.append(entry.path)
             else:
                 found.append(_local_entry(entry.path))
+        stack += reversed(folders)  # depth first, in name order: the same names every time
     return sorted(found, key=lambda e: e.path)
 
 

@@ -53,7 +53,8 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         if width * height > max_pixels:
             raise ImageError(f"too many pixels ({width}x{height} > {max_pixels})")
         image.load()
-        return _to_rgb(ImageOps.exif_transpose(image))
+        ImageOps.exif_transpose(image, in_place=True)  # no copy of an image without the tag
+        return _to_rgb(image)
     except ImageError:
         raise
     except Image.DecompressionBombError:
@@ -66,9 +67,12 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """16-bit images are scaled to 8 bits (Pillow's own conversion would clip them white)."""
-    if image.mode in _SIXTEEN_BIT:
+    if image.mode in _SIXTEEN_BIT:  # in place: a 16-bit image costs 4 more bytes a pixel
         wide = np.asarray(image, dtype=np.uint32)
-        image = Image.fromarray((np.minimum(wide, 65535) // 257).astype(np.uint8), "L")
+        np.minimum(wide, 65535, out=wide)
+        wide //= 257
+        image = Image.fromarray(wide.astype(np.uint8), "L")
+        del wide
     if image.mode not in _CONVERTIBLE:
         raise ImageError(f"unsupported mode {image.mode}")
     return image.convert("RGB")

@@ -36,6 +36,7 @@ from effnet_ray.storage import (
     ATTEMPTS,
     LOCAL,
     is_local,
+    is_read_only,
     is_transient,
     local_path,
     open_fs,
@@ -121,7 +122,14 @@ def read_object(uri: str, size: int | None, task: ReadTask) -> bytes:
         return read_local(path, limit)
     if size is not None and size > limit:
         raise ImageError(too_large(size, limit))
-    data = retrying(lambda: fs.cat_file(path, start=0, end=limit + 1), fs)
+    if is_read_only(fs):  # http(s): a server may ignore ranges; a stream stops at the limit
+        def fetch() -> bytes:
+            with fs.open(path, "rb", block_size=0) as f:
+                return f.read(limit + 1)
+    else:
+        def fetch() -> bytes:
+            return fs.cat_file(path, start=0, end=limit + 1)
+    data = retrying(fetch, fs)
     if len(data) > limit:
         raise ImageError(too_large(len(data), limit))
     return data

@@ -1,0 +1,111 @@
+"""Options: defaults in one place, precedence, identity, validation; no Ray, no I/O."""
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from effnet_ray.errors import UserError
+from effnet_ray.options import (
+    MAX_PIXELS,
+    LabelOptions,
+    build_options,
+    default,
+    option_names,
+)
+
+
+def test_defaults_live_on_the_fields():
+    options = build_options(["in"], "out")
+    assert options.read.batch_size == default("batch_size") == 32
+    assert options.inference.top_k == default("top_k") == 5
+    assert options.read.max_pixels == MAX_PIXELS
+    assert options.placement.actor_gpus == 0.0
+    assert options.inference.cache_dir is None
+
+
+def test_explicit_beats_the_pool_profile_beats_the_default():
+    pooled = build_options(["in"], "out", pool="cpu")
+    assert pooled.placement.actor_cpus == 4 and pooled.inference.threads == 4
+    assert pooled.placement.actors == "auto"
+    mine = build_options(["in"], "out", pool="cpu", actor_cpus=2, actors="3")
+    assert mine.placement.actor_cpus == 2 and mine.placement.actors == 3
+
+
+def test_a_gpu_device_reserves_a_gpu_unless_told_otherwise():
+    assert build_options(["in"], "out", device="GPU").placement.actor_gpus == 1.0
+    assert build_options(["in"], "out", device="GPU", actor_gpus=0).placement.actor_gpus == 0
+
+
+def test_identity_names_what_decides_the_rows():
+    identity = build_options(["a", "b"], "out", top_k=3).identity()
+    assert identity == {"inputs": ["a", "b"], "layout": "auto", "image_column": "image",
+                        "id_column": "id", "unit_size": 64, "batch_size": 32,
+                        "model": "efficientnet-b7-pytorch", "precision": "auto", "top_k": 3}
+
+
+def test_every_flat_name_belongs_to_one_group():
+    names = option_names()
+    assert len(names) == len(set(names))
+    assert names["max_bytes"] == "read" and names["address"] == "placement"
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"output": ""}, "--output is empty"),
+    ({"output": "   "}, "--output is empty"),
+    ({"layout": "zip"}, "unknown layout"),
+    ({"batch_size": 0}, "--batch-size must be positive"),
+    ({"max_bytes": -1}, "--max-bytes must be positive"),
+    ({"top_k": 1001}, "--top-k must be between 1 and 1000"),
+    ({"top_k": "many"}, "--top-k must be a number"),
+    ({"actors": "0"}, "--actors must be a positive number"),
+    ({"actors": "2.5"}, "--actors must be a positive number"),
+    ({"device": "TPU"}, "unknown device"),
+    ({"precision": "int4"}, "unknown precision"),
+    ({"threads": -1}, "--threads must be 0"),
+    ({"actor_gpus": -1}, "--actor-gpus must be 0 or positive"),
+    ({"actor_resources": '{"CPU": 1}'}, "give CPU with its own option"),
+    ({"actor_labels": "[1]"}, "must be a JSON object"),
+    ({"storage_options": "{nope"}, "--storage-options is not valid JSON"),
+    ({"pool": "nosuch"}, "unknown pool"),
+    ({"model": "resnet"}, "unknown model"),
+    ({"colour": "red"}, "unknown option(s): colour"),
+    ({"stall_timeout": 0}, "--stall-timeout must be positive"),
+    ({"max_pixels": 10**12}, "--max-pixels must be at most"),
+])
+def test_a_bad_option_is_one_clear_error(given, message):
+    output = given.pop("output", "out")
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_options(["in"], output, **given)
+
+
+def test_no_input_and_an_empty_input_are_refused():
+    with pytest.raises(UserError, match="no input"):
+        build_options([], "out")
+    with pytest.raises(UserError, match="empty string"):
+        build_options([""], "out")
+
+
+def test_options_are_frozen_and_keep_credentials_out_of_their_repr():
+    options = build_options(["in"], "out", storage_options='{"secret": "s3cr3t"}')
+    assert "s3cr3t" not in repr(options)
+    with pytest.raises(AttributeError):
+        options.output = "elsewhere"
+    assert isinstance(options, LabelOptions)
+
+
+def test_parsing_options_imports_neither_ray_nor_openvino():
+    code = ("import sys; from effnet_ray.options import build_options; "
+            "build_options(['x'], 'y', pool='cpu'); "
+            "print(sorted(m for m in ('ray', 'openvino', 'fsspec') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_pillow_global_limit_is_left_alone():
+    before = Image.MAX_IMAGE_PIXELS
+    import effnet_ray.preprocessing  # noqa: F401
+
+    assert Image.MAX_IMAGE_PIXELS == before and before is not None

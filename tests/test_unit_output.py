@@ -1,0 +1,210 @@
+"""The output folder: part names, what is done after a scan, the lease, where an output may
+be and what --overwrite may delete; plus the result rows. No Ray."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from effnet_ray.batch import ImageBatch, stack
+from effnet_ray.errors import UserError
+from effnet_ray.lease import LEASE, Lease, LeaseLost, check_holder, read_holder
+from effnet_ray.listing import Source, Unit
+from effnet_ray.output import check_place, clear
+from effnet_ray.registry import load_class_names
+from effnet_ray.resume import scan, tidy
+from effnet_ray.storage import open_fs, put_atomic
+from effnet_ray.writing import Committer, Part, parquet_bytes, result_table
+
+NAMES = load_class_names("imagenet_2012.txt")
+
+
+def batch(errors, first=0, last=True, uid="0123456789abcdef", size=8):
+    good = sum(e is None for e in errors)
+    rng = np.random.default_rng(len(errors))
+    return ImageBatch(uid=uid, first=first, last=last,
+                      paths=[f"/in/{first + i}.jpg" for i in range(len(errors))],
+                      errors=list(errors), source_labels=[None] * len(errors),
+                      source_metadata=[None] * len(errors), input_sizes=[10] * len(errors),
+                      input_versions=["v"] * len(errors),
+                      images=rng.integers(0, 255, (good, size, size, 3), dtype=np.uint8))
+
+
+# --- the payload and the rows ------------------------------------------------------------
+
+@pytest.mark.parametrize("errors", [[None, "bad", None], [], ["a", "b"], [None]])
+def test_image_batch_round_trips_through_arrow(errors):
+    original = batch(errors)
+    back = ImageBatch.from_arrow(original.to_arrow())
+    assert back.paths == original.paths and back.errors == original.errors
+    assert back.input_sizes == [10] * len(errors) and back.last is True
+    np.testing.assert_array_equal(back.images, original.images)
+
+
+def test_a_batch_refuses_images_that_do_not_match_its_rows():
+    with pytest.raises(ValueError):
+        ImageBatch("u", 0, True, ["a"], [None], [None], [None], [1], ["v"],
+                   stack([], 4, 4))
+
+
+def test_result_rows_put_logits_on_good_rows_and_nulls_on_errors():
+    b = batch([None, "bad", None])
+    logits = np.zeros((2, 1000), np.float32)
+    logits[0, 967], logits[1, 281] = 9.0, 7.0
+    table = result_table(b, logits, "m", NAMES, 3)
+    rows = table.to_pylist()
+    assert [r["class_id"] for r in rows] == [967, None, 281]
+    assert rows[0]["label"] == "espresso" and rows[2]["label"] == "tabby"
+    assert rows[1]["logits"] is None and rows[1]["top_k_ids"] is None
+    assert rows[1]["error"] == "bad" and rows[1]["input_size"] == 10
+    probs = rows[0]["top_k_probs"]
+    assert probs == sorted(probs, reverse=True) and probs[0] > 0.8
+    assert result_table(batch([]), np.zeros((0, 1000), np.float32), "m", NAMES, 5
+                        ).num_rows == 0
+
+
+# --- part names and what is done ---------------------------------------------------------
+
+def test_part_names_round_trip_and_foreign_names_do_not_parse():
+    part = Part("0123456789abcdef", 32, 32, 1, True)
+    assert part.name == "part-0123456789abcdef-0000032-n32-e1-last.parquet"
+    assert Part.parse(part.name) == part
+    for name in ("part-xyz.parquet", "data.parquet", "part-0123456789abcdef-1-n1-e0.parquet"):
+        assert Part.parse(name) is None
+
+
+def plant(folder, part, rows=None):
+    table = result_table(batch([None] * (rows or part.rows), first=part.first, uid=part.uid),
+                         np.zeros((rows or part.rows, 1000), np.float32), "m", NAMES, 1)
+    fs, path = open_fs(str(folder))
+    put_atomic(fs, f"{path}/{part.name}", parquet_bytes(table))
+
+
+def test_scan_knows_what_is_done_from_names_alone(tmp_path):
+    uid = "0123456789abcdef"
+    plant(tmp_path, Part(uid, 0, 4, 0, False))
+    plant(tmp_path, Part(uid, 4, 2, 0, True))
+    plant(tmp_path, Part(uid, 4, 2, 1, True))  # a retried batch that came out differently
+    (tmp_path / ".tmp-part-crashed").write_bytes(b"half")
+    fs, path = open_fs(str(tmp_path))
+    committed = scan(fs, path)
+    assert committed.complete(uid, 4) and committed.done_starts(uid) == [0, 4]
+    assert committed.totals() == (6, 0)
+    assert len(committed.duplicates) == 1 and committed.leftovers == [".tmp-part-crashed"]
+    assert not committed.complete("fedcba9876543210", 4)
+    unit = Unit("files", tuple(Source("files", f"/in/{i}.jpg") for i in range(6)))
+    tidy(fs, path, committed, [unit])  # the unit's id differs: its listed images are redone
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_part_missing_in_the_middle_leaves_the_unit_incomplete(tmp_path):
+    uid = "0123456789abcdef"
+    plant(tmp_path, Part(uid, 0, 4, 0, False))
+    plant(tmp_path, Part(uid, 8, 1, 0, True))
+    assert not scan(*open_fs(str(tmp_path))).complete(uid, 4)
+
+
+# --- the lease ---------------------------------------------------------------------------
+
+def test_a_second_run_is_refused_naming_the_holder(tmp_path):
+    fs, path = open_fs(str(tmp_path))
+    lease = Lease.acquire(fs, path)
+    with pytest.raises(UserError, match=rf"in use by another run \(process {os.getpid()} on"):
+        Lease.acquire(fs, path)
+    check_holder(fs, path, lease.token)
+    lease.release()
+    assert not (tmp_path / LEASE).exists()
+    Lease.acquire(fs, path).release()
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path):
+    code = ("import sys; from effnet_ray.lease import Lease; from effnet_ray.storage import "
+            "open_fs; Lease.acquire(*open_fs(sys.argv[1])); print('held')")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "held" and (tmp_path / LEASE).exists()  # its process has ended
+    fs, path = open_fs(str(tmp_path))
+    old, _ = read_holder(fs, path)
+    lease = Lease.acquire(fs, path)
+    assert lease.token != old.token
+    with pytest.raises(LeaseLost):
+        check_holder(fs, path, old.token)  # the dead run's workers may write no more
+
+
+def test_an_expired_or_broken_lease_is_taken_over(tmp_path):
+    fs, path = open_fs(str(tmp_path))
+    foreign = {"token": "t", "host": "elsewhere", "pid": 1, "process_start": "1",
+               "started": "then", "heartbeat": time.time()}
+    (tmp_path / LEASE).write_text(json.dumps(foreign))
+    with pytest.raises(UserError, match="on elsewhere"):
+        Lease.acquire(fs, path)
+    Lease.acquire(fs, path, break_lease=True).release()
+    (tmp_path / LEASE).write_text(json.dumps({**foreign, "heartbeat": time.time() - 3600}))
+    Lease.acquire(fs, path).release()
+
+
+def test_the_heartbeat_keeps_the_lease_and_notices_a_takeover(tmp_path):
+    fs, path = open_fs(str(tmp_path))
+    lease = Lease.acquire(fs, path)
+    first = read_holder(fs, path)[0].heartbeat
+    lease.start_heartbeat(every=0.05)
+    time.sleep(0.3)
+    assert read_holder(fs, path)[0].heartbeat > first and not lease.lost.is_set()
+    Lease.acquire(fs, path, break_lease=True)
+    assert lease.lost.wait(5)
+
+
+def test_a_commit_after_losing_the_lease_writes_nothing(tmp_path):
+    fs, path = open_fs(str(tmp_path))
+    lease = Lease.acquire(fs, path)
+    b = batch([None])
+    table = result_table(b, np.zeros((1, 1000), np.float32), "m", NAMES, 1)
+    Committer(str(tmp_path), lease.token)(b, table)
+    assert len([n for n in os.listdir(tmp_path) if n.startswith("part-")]) == 1
+    with pytest.raises(LeaseLost):
+        Committer(str(tmp_path), "another-run")(batch([None], first=8), table)
+    assert len([n for n in os.listdir(tmp_path) if n.startswith("part-")]) == 1
+
+
+# --- where an output may be and what --overwrite deletes ---------------------------------
+
+def test_an_output_that_is_or_holds_an_input_is_refused(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(b"x")
+    for output, inputs in [(tmp_path / "in", [tmp_path / "in"]),
+                           (tmp_path, [tmp_path / "in"]),
+                           (tmp_path, [tmp_path / "in" / "a.jpg"]),
+                           (tmp_path / "in", [f"{tmp_path}/in/*.jpg"])]:
+        with pytest.raises(UserError, match="is or holds the input"):
+            check_place(str(output), tuple(map(str, inputs)), {})
+    check_place(str(tmp_path / "in" / "out"), (str(tmp_path / "in"),), {})
+    os.symlink(tmp_path / "in", tmp_path / "alias")
+    with pytest.raises(UserError, match="is or holds the input"):
+        check_place(str(tmp_path / "alias"), (str(tmp_path / "in"),), {})
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(UserError, match="not a folder"):
+        check_place(str(tmp_path / "file"), (str(tmp_path / "in"),), {})
+
+
+def test_overwrite_deletes_only_what_this_tool_wrote(tmp_path):
+    plant(tmp_path, Part("0123456789abcdef", 0, 1, 0, True))
+    (tmp_path / "_manifest.json").write_text("{}")
+    (tmp_path / ".tmp-x").write_text("")
+    fs, path = open_fs(str(tmp_path))
+    assert clear(fs, path) == 3 and os.listdir(tmp_path) == []
+    (tmp_path / "holiday.jpg").write_bytes(b"precious")
+    plant(tmp_path, Part("0123456789abcdef", 0, 1, 0, True))
+    with pytest.raises(UserError, match=r"holds files this tool did not write \(holiday.jpg\)"):
+        clear(fs, path)
+    assert (tmp_path / "holiday.jpg").read_bytes() == b"precious"
+    assert len(os.listdir(tmp_path)) == 2
+
+
+def test_arrow_payload_keeps_its_types():
+    table = batch([None, "x"]).to_arrow()
+    assert table.schema.field("pixels").type == pa.large_binary() and table.num_rows == 1

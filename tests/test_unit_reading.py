@@ -1,0 +1,292 @@
+"""The sample boundary, attacked: hostile files, special files, odd names, hostile tar and
+Parquet shards. Each item becomes exactly one row (a reason where it cannot be labelled), no
+exception escapes, nothing blocks. Runs the decoding stage's own function without Ray."""
+
+import io
+import os
+import socket
+import struct
+import tarfile
+import threading
+import zlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from effnet_ray.batch import ImageBatch
+from effnet_ray.cli import PHOTOS
+from effnet_ray.errors import UserError
+from effnet_ray.options import ReadOptions
+from effnet_ray.reading import ReadTask, read_units
+from effnet_ray.registry import get_spec
+from effnet_ray.shards import check_image_column
+from effnet_ray.storage import printable
+
+JPEG = (PHOTOS / "coffee.jpg").read_bytes()
+SPEC = get_spec("efficientnet-lite0")
+
+
+def task(**read):
+    return ReadTask(ReadOptions(**{"batch_size": 4, **read}), SPEC)
+
+
+def read(kind, uris, done=(), **options):
+    """(path, error) per row, in order, as the decoding stage makes them."""
+    batch = {"kind": [kind], "uris": [[printable(str(u)) for u in uris]],
+             "sizes": [[-1] * len(uris)], "versions": [[""] * len(uris)],
+             "uid": ["0" * 16], "done": [list(done)]}
+    rows = []
+    for table in read_units(batch, task=task(**options)):
+        b = ImageBatch.from_arrow(table)
+        assert len(b.images) == sum(e is None for e in b.errors)
+        assert b.images.shape[1:] == (224, 224, 3)
+        rows += list(zip(b.paths, b.errors, strict=True))
+    return rows
+
+
+def png(width, height, mode="L"):
+    buf = io.BytesIO()
+    Image.new(mode, (width, height)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def png_header_claiming(width, height):
+    """A valid 1x1 PNG whose header claims another size."""
+    data = png(1, 1)
+    chunk = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return data[:12] + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
+
+
+# --- image files -------------------------------------------------------------------------
+
+def test_special_files_are_rows_and_never_block(tmp_path):
+    os.mkfifo(tmp_path / "fifo.jpg")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "socket.jpg"))
+    os.symlink(tmp_path / "loop.jpg", tmp_path / "loop.jpg")
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    os.symlink(tmp_path / "gone", tmp_path / "dangling.jpg")
+    names = ["fifo.jpg", "socket.jpg", "loop.jpg", "zero.jpg", "dangling.jpg"]
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        rows=read("files", [tmp_path / n for n in names])), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "reading a special file blocked"
+    reasons = dict(zip(names, (e for _, e in result["rows"]), strict=True))
+    assert "a FIFO" in reasons["fifo.jpg"]
+    assert "not a regular file" in reasons["socket.jpg"]
+    assert "symbolic link loop" in reasons["loop.jpg"]
+    assert "a character device" in reasons["zero.jpg"]
+    assert "FileNotFoundError" in reasons["dangling.jpg"]
+    sock.close()
+
+
+def test_byte_limit_is_checked_before_and_while_reading(tmp_path):
+    (tmp_path / "big.jpg").write_bytes(JPEG)
+    (tmp_path / "sparse.tiff").touch()
+    os.truncate(tmp_path / "sparse.tiff", 5 * 2**30)  # 5 GiB that cost nothing on disk
+    rows = read("files", [tmp_path / "big.jpg", tmp_path / "sparse.tiff"],
+                max_bytes=len(JPEG) - 1)
+    assert all("larger than --max-bytes" in e for _, e in rows)
+    assert read("files", [tmp_path / "big.jpg"], max_bytes=len(JPEG)) == \
+        [(str(tmp_path / "big.jpg"), None)]
+
+
+@pytest.mark.parametrize("data, reason", [
+    (png(1, 8000), "too many pixels after resizing 1x8000 to 256x2048000"),
+    (png(10_000_000, 1), "too many pixels after resizing"),
+    (png_header_claiming(100_000, 100_000), "too many pixels"),
+    (png_header_claiming(20_000, 20_000), "too many pixels"),  # over Pillow's hard limit
+    (b"", "empty file"),
+    (b"hello" * 100, "not a recognised image format"),
+    (JPEG[: len(JPEG) // 3], "undecodable"),
+    (png(300, 200, "I;16"), None),
+], ids=["1x8000", "10000000x1", "bomb", "over-pillow-limit", "empty", "text", "truncated",
+        "16-bit"])
+def test_hostile_images_become_rows(tmp_path, data, reason):
+    (tmp_path / "x.png").write_bytes(data)
+    ((path, error),) = read("files", [tmp_path / "x.png"])
+    assert path == str(tmp_path / "x.png")
+    if reason is None:
+        assert error is None
+    else:
+        assert reason in error
+
+
+def test_names_that_are_not_utf8_are_read_and_kept_losslessly(tmp_path):
+    raw = os.fsencode(tmp_path) + b"/caf\xe9 \xff.jpg"
+    with open(raw, "wb") as f:
+        f.write(JPEG)
+    ((path, error),) = read("files", [os.fsdecode(raw)])
+    assert error is None
+    from urllib.parse import unquote_to_bytes
+
+    assert path.startswith("file://") and unquote_to_bytes(path[7:]) == raw
+
+
+def test_a_file_gone_since_listing_is_a_row(tmp_path):
+    ((_, error),) = read("files", [tmp_path / "never.jpg"])
+    assert "unreadable object" in error and "FileNotFoundError" in error
+
+
+# --- WebDataset shards -------------------------------------------------------------------
+
+def tar_bytes(members, mode="w"):
+    """members: (name, bytes | ('sym'|'hard'|'fifo', target))."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode, format=tarfile.GNU_FORMAT) as tar:
+        for name, value in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(value, tuple):
+                kind, target = value
+                info.type = {"sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE,
+                             "fifo": tarfile.FIFOTYPE}[kind]
+                info.linkname = target
+                tar.addfile(info)
+            else:
+                info.size = len(value)
+                tar.addfile(info, io.BytesIO(value))
+    return buf.getvalue()
+
+
+def shard(tmp_path, members, name="s.tar", mode="w"):
+    path = tmp_path / name
+    path.write_bytes(tar_bytes(members, mode))
+    return path
+
+
+def test_links_in_a_shard_resolve_to_their_targets(tmp_path):
+    path = shard(tmp_path, [
+        ("a.jpg", JPEG), ("a.cls", b"967"),
+        ("b.jpg", ("hard", "a.jpg")), ("b.cls", b"967"),
+        ("dir/c.jpg", ("sym", "../a.jpg")),
+        ("d.jpg", ("sym", "missing.jpg")),
+        ("e.jpg", ("sym", "f.jpg")), ("f.jpg", ("sym", "e.jpg")),
+        ("g.jpg", ("sym", "h.jpg")), ("h.jpg", JPEG),  # a link to a later member
+    ])
+    rows = dict(read("webdataset", [path]))
+    s = f"{path}::"
+    assert set(rows) == {s + k for k in ("a", "b", "dir/c", "d", "e", "f", "g", "h")}
+    assert rows[s + "a"] is None and rows[s + "b"] is None and rows[s + "dir/c"] is None
+    assert rows[s + "g"] is None and rows[s + "h"] is None
+    assert "no regular member missing.jpg" in rows[s + "d"]
+    assert "link loop" in rows[s + "e"] and "link loop" in rows[s + "f"]
+
+
+def test_duplicate_keys_and_names_give_one_row_each_with_unique_paths(tmp_path):
+    path = shard(tmp_path, [("a.jpg", JPEG), ("b.jpg", JPEG), ("a.jpg", JPEG),
+                            ("a.jpg", b"junk"), ("a.png", JPEG)])
+    rows = read("webdataset", [path])
+    s = f"{path}::"
+    assert [p for p, _ in rows] == [s + "a", s + "b", s + "a#2", s + "a#3"]
+    assert [e is None for _, e in rows] == [True, True, True, False]
+
+
+def test_odd_members_become_rows(tmp_path):
+    raw = os.fsdecode(b"k\xff")
+    path = shard(tmp_path, [(f"{raw}.jpg", JPEG), ("p.jpg", ("fifo", "")),
+                            ("big.jpg", JPEG + b"x" * 100), ("x::y.jpg", JPEG)])
+    rows = dict(read("webdataset", [path], max_bytes=len(JPEG)))
+    s = f"{path}::"
+    assert rows[s + "k%FF"] is None and rows[s + "x::y"] is None
+    assert "not a regular file" in rows[s + "p"]
+    assert "larger than --max-bytes" in rows[s + "big"]
+
+
+def test_gzipped_shards_read_like_plain_ones(tmp_path):
+    members = [("a.jpg", JPEG), ("a.cls", b"1"), ("b.jpg", JPEG)]
+    plain = read("webdataset", [shard(tmp_path, members)])
+    for name in ("s.tgz", "s.tar.gz"):
+        zipped = read("webdataset", [shard(tmp_path, members, name, "w:gz")])
+        assert [(p.rsplit("::")[1], e) for p, e in zipped] == \
+            [(p.rsplit("::")[1], e) for p, e in plain]
+
+
+def test_a_broken_shard_keeps_what_it_read_and_adds_a_shard_row(tmp_path):
+    data = tar_bytes([("a.jpg", JPEG), ("b.jpg", JPEG), ("c.jpg", JPEG)])
+    (tmp_path / "t.tar").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.tar").write_bytes(b"\x00garbage" * 1000)
+    (tmp_path / "gz.tgz").write_bytes(b"\x1f\x8b\x08\x00 not gzip")
+    rows = read("webdataset", [tmp_path / "t.tar"])
+    assert rows[0] == (f"{tmp_path}/t.tar::a", None)
+    assert rows[-1][0] == f"{tmp_path}/t.tar" and "unreadable shard after" in rows[-1][1]
+    for bad in ("junk.tar", "gz.tgz"):
+        rows = read("webdataset", [tmp_path / bad])
+        assert rows[-1][0] == str(tmp_path / bad) and "unreadable shard" in rows[-1][1]
+
+
+def test_a_fifo_named_like_a_shard_is_a_row(tmp_path):
+    os.mkfifo(tmp_path / "f.tar")
+    ((path, error),) = read("webdataset", [tmp_path / "f.tar"])
+    assert path == str(tmp_path / "f.tar") and "not a regular file" in error
+
+
+def test_resumed_shard_reads_give_the_same_paths(tmp_path):
+    path = shard(tmp_path, [(f"{k}.jpg", JPEG) for k in "abcabcab"]
+                 + [("z.jpg", ("sym", "a.jpg"))])
+    full = read("webdataset", [path])
+    resumed = read("webdataset", [path], done=[0])
+    assert resumed == full[4:]
+
+
+# --- Parquet shards ----------------------------------------------------------------------
+
+def parquet(tmp_path, table, name="p.parquet", **kw):
+    path = tmp_path / name
+    pq.write_table(table, path, **kw)
+    return path
+
+
+def test_duplicate_and_null_ids_give_unique_paths(tmp_path):
+    path = parquet(tmp_path, pa.table({"image": [JPEG] * 5, "id": ["x", "x", None, "3", "x"]}),
+                   row_group_size=2)
+    rows = read("parquet", [path])
+    s = f"{path}::"
+    assert [p for p, _ in rows] == [s + "x", s + "x#2", s + "2", s + "3", s + "x#3"]
+    assert read("parquet", [path], done=[0]) == rows[4:]
+
+
+def test_a_string_image_column_is_an_argument_error(tmp_path):
+    path = parquet(tmp_path, pa.table({"image": ["not bytes"], "id": [1]}))
+    with pytest.raises(UserError, match="holds string, not image bytes"):
+        check_image_column([str(path)], "image", None)
+    ((_, error),) = read("parquet", [path])
+    assert "holds string" in error
+
+
+def test_the_column_check_passes_over_a_corrupt_first_shard(tmp_path):
+    (tmp_path / "a.parquet").write_bytes(b"PAR1 garbage")
+    good = parquet(tmp_path, pa.table({"image": [JPEG]}), name="b.parquet")
+    check_image_column([str(tmp_path / "a.parquet"), str(good)], "image", None)
+    with pytest.raises(UserError, match="no image column 'jpg'"):
+        check_image_column([str(tmp_path / "a.parquet"), str(good)], "jpg", None)
+
+
+def test_a_corrupt_page_is_a_shard_row_not_a_crash(tmp_path):
+    path = parquet(tmp_path, pa.table({"image": [JPEG] * 4, "id": list(range(4))}),
+                   row_group_size=2)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    rows = read("parquet", [path])
+    assert rows[-1][0] == str(path) and "unreadable Parquet shard" in rows[-1][1]
+
+
+def test_oversized_and_missing_values_are_rows(tmp_path):
+    path = parquet(tmp_path, pa.table({"image": [JPEG, None, JPEG + b"x"]}))
+    rows = read("parquet", [path], max_bytes=len(JPEG))
+    assert [e for _, e in rows][0] is None
+    assert "no image bytes" in rows[1][1] and "larger than --max-bytes" in rows[2][1]
+
+
+def test_batches_follow_the_batch_size(tmp_path):
+    path = parquet(tmp_path, pa.table({"image": [JPEG] * 9}))
+    batch = {"kind": ["parquet"], "uris": [[str(path)]], "sizes": [[-1]], "versions": [[""]],
+             "uid": ["0" * 16], "done": [[]]}
+    firsts = [(b.first, b.rows, b.last) for b in (ImageBatch.from_arrow(t) for t in
+                                                   read_units(batch, task=task()))]
+    assert firsts == [(0, 4, False), (4, 4, False), (8, 1, True)]

@@ -1,0 +1,127 @@
+"""Storage: names, redaction, protocols and the sorting of errors; no Ray, no network."""
+
+import errno
+import os
+
+import pytest
+
+from effnet_ray.errors import UserError
+from effnet_ray.storage import (
+    is_transient,
+    local_path,
+    named_errors,
+    open_fs,
+    printable,
+    protocol_of,
+    put_atomic,
+    redact,
+    retrying,
+)
+
+
+@pytest.mark.parametrize("uri, protocol", [
+    ("/data/x.jpg", "file"), ("x::y.jpg", "file"), ("rel/a[1].jpg", "file"),
+    ("s3://b/k", "s3"), ("S3://b/k", "s3"), ("file:///x", "file"), ("https://h/x", "https"),
+    ("c:/x", "file"),
+])
+def test_protocol_is_what_precedes_the_scheme_separator(uri, protocol):
+    assert protocol_of(uri) == protocol
+
+
+def test_a_double_colon_name_is_a_local_file_not_a_url_chain(tmp_path):
+    target = tmp_path / "x::y.jpg"
+    target.write_bytes(b"abc")
+    fs, path = open_fs(str(target))
+    assert path == str(target) and fs.cat_file(path) == b"abc"
+
+
+def test_unknown_protocol_is_named_as_such():
+    with pytest.raises(UserError, match=r"unknown protocol 'nosuch://'"):
+        open_fs("nosuch://bucket/x")
+
+
+def test_credentials_in_a_url_are_redacted():
+    assert redact("https://user:hunter2@example.com/a.jpg") == "https://***@example.com/a.jpg"
+    assert redact("s3://bucket/a@b.jpg") == "s3://bucket/a@b.jpg"
+    assert redact("/local/a@b.jpg") == "/local/a@b.jpg"
+    with pytest.raises(UserError) as caught, named_errors("https://u:hunter2@h/x"):
+        raise FileNotFoundError("x")
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("exc, transient", [
+    (ConnectionRefusedError(), True),
+    (TimeoutError(), True),
+    (OSError(errno.ECONNRESET, "reset"), True),
+    (OSError(errno.EIO, "corrupt page header"), False),
+    (OSError("Couldn't deserialize thrift"), False),
+    (FileNotFoundError(), False),
+    (ValueError("bad"), False),
+    (UserError("x"), False),
+])
+def test_only_store_failures_that_may_pass_are_transient(exc, transient):
+    assert is_transient(exc) is transient
+
+
+def test_a_botocore_style_error_is_transient_by_status():
+    class ClientError(Exception):
+        def __init__(self, code, status):
+            self.response = {"Error": {"Code": code},
+                             "ResponseMetadata": {"HTTPStatusCode": status}}
+
+    wrapped = OSError(errno.EIO, "wrapped")
+    wrapped.__cause__ = ClientError("InternalError", 500)
+    assert is_transient(wrapped)
+    assert is_transient(ClientError("SlowDown", 503))
+    assert not is_transient(ClientError("AccessDenied", 403))
+
+
+def test_a_local_error_is_never_transient():
+    fs, _ = open_fs("/tmp")
+    assert not is_transient(ConnectionResetError(), fs)
+
+
+def test_retrying_retries_transient_errors_only(monkeypatch):
+    monkeypatch.setattr("effnet_ray.storage.FIRST_WAIT", 0.0)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError()
+        return "ok"
+
+    assert retrying(flaky) == "ok" and len(calls) == 3
+    calls.clear()
+
+    def broken():
+        calls.append(1)
+        raise ValueError("corrupt")
+
+    with pytest.raises(ValueError):
+        retrying(broken)
+    assert len(calls) == 1
+
+
+def test_named_errors_leaves_bugs_alone():
+    with pytest.raises(KeyError), named_errors("/x"):
+        raise KeyError("a bug")
+    with pytest.raises(UserError, match="cannot reach /x"), named_errors("/x"):
+        raise ConnectionRefusedError("refused")
+
+
+def test_names_that_are_not_utf8_round_trip(tmp_path):
+    raw = os.fsdecode(b"caf\xe9-\xff.jpg")
+    name = printable(str(tmp_path / raw))
+    name.encode("utf-8")
+    assert name.startswith("file://") and local_path(name) == str(tmp_path / raw)
+    assert printable("plain é.jpg") == "plain é.jpg" == local_path("plain é.jpg")
+    assert printable(os.fsdecode(b"k\xff"), local=False) == "k%FF"
+
+
+def test_put_atomic_replaces_whole_and_leaves_no_temporary(tmp_path):
+    fs, path = open_fs(str(tmp_path))
+    put_atomic(fs, f"{path}/f", b"one")
+    put_atomic(fs, f"{path}/f", b"two")
+    assert (tmp_path / "f").read_bytes() == b"two"
+    assert os.listdir(tmp_path) == ["f"]
