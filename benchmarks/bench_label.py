@@ -19,11 +19,9 @@ import time
 from pathlib import Path
 
 import effnet_ray
-from effnet_ray.cli import prepare_model
+from effnet_ray.cli import PHOTOS, prepare_model
 from effnet_ray.ir import default_cache_dir
 from effnet_ray.listing import IMAGE_EXTENSIONS
-
-PHOTOS = Path(effnet_ray.__file__).parent / "data" / "photos"
 
 
 def benchmark_app(model_path: Path, device: str, precision: str, seconds: int) -> float:

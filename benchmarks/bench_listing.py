@@ -17,19 +17,18 @@ import fsspec
 import ray
 from fsspec.implementations.memory import MemoryFile
 
-from effnet_ray.config import LabelConfig
-from effnet_ray.job import MAX_READ_BLOCKS
+from effnet_ray.job import MAX_READ_BLOCKS, _items
 from effnet_ray.listing import list_sources, work_units
+from effnet_ray.options import ReadOptions
 from effnet_ray.resume import scan
-from effnet_ray.writing import Chunk
+from effnet_ray.writing import Part
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
     args = parser.parse_args()
-    unit_size = LabelConfig.__dataclass_fields__["unit_size"].default
-    batch_size = LabelConfig.__dataclass_fields__["batch_size"].default
+    unit_size, batch_size = ReadOptions().unit_size, ReadOptions().batch_size
 
     fs = fsspec.filesystem("memory")
     fs.store.clear()
@@ -42,23 +41,22 @@ def main() -> None:
     print(f"listed and grouped {args.keys} keys into {len(units)} units of {unit_size}: "
           f"{listed:.1f} s ({args.keys / listed:,.0f} keys/s)")
 
-    for unit in units:  # what a finished run leaves: one file per chunk
+    for unit in units:  # what a finished run leaves: one file per part
         for first in range(0, len(unit.uris), batch_size):
             rows = min(batch_size, len(unit.uris) - first)
-            name = Chunk(unit.uid, first, rows, 0, first + rows == len(unit.uris)).name
+            name = Part(unit.uid, first, rows, 0, first + rows == len(unit.uris)).name
             fs.store[f"/out/{name}"] = MemoryFile(fs, f"/out/{name}", b"")
     started = time.perf_counter()
     committed = scan(fs, "/out")
     done = sum(committed.complete(u.uid, batch_size) for u in units)
     scanned = time.perf_counter() - started
-    print(f"resume scan: {sum(map(len, committed.chunks.values()))} committed files, "
+    print(f"resume scan: {sum(map(len, committed.parts.values()))} committed files, "
           f"{done}/{len(units)} units complete: {scanned:.1f} s")
 
     ray.init(include_dashboard=False, logging_level="ERROR")
     started = time.perf_counter()
-    ds = ray.data.from_items([{"kind": u.kind, "uris": list(u.uris), "uid": u.uid, "done": []}
-                              for u in units],
-                             override_num_blocks=min(len(units), MAX_READ_BLOCKS))
+    items = _items(units, committed)  # the rows a run hands to Ray Data
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_READ_BLOCKS))
     print(f"Ray Data dataset of {ds.count()} units: {time.perf_counter() - started:.1f} s")
     ray.shutdown()
 

@@ -36,10 +36,11 @@ CONCURRENT_CALLS = 2
 # before the first image); 1,000 blocks keep a big cluster's decoders busy and take seconds.
 MAX_READ_BLOCKS = 1000
 PROGRESS_SECONDS = 15
-# Measured peak of one decoding task (benchmarks/bench_decode_memory.py): the process and
-# its libraries, the object's bytes, and ~12 bytes per pixel of the largest accepted image.
+# Peak of decoding one image (benchmarks/bench_decode_memory.py, Pillow 13): its bytes, plus
+# 8.0-8.5 bytes per pixel of the largest accepted image (decoded RGBX + the RGB copy), plus
+# the process; the base also holds a batch of preprocessed images (32 x 1.08 MB for B7).
 DECODE_BASE_MEMORY = 256 * 2**20
-DECODE_BYTES_PER_PIXEL = 12
+DECODE_BYTES_PER_PIXEL = 9
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,8 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed) -> int:
                 if not watchdog.fired:
                     raise
                 raise UserError(f"nothing was committed for {options.run.stall_timeout:.0f} s "
-                                f"(after {rows} images); stopped. Rerun the same command to "
-                                "resume") from None
+                                f"(after {rows} images), so the run stopped; rerun the same "
+                                "command to resume") from None
     except (ray.exceptions.RayError, LeaseLost) as exc:
         cause = _root(exc)
         if isinstance(cause, LeaseLost):
@@ -170,9 +171,11 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed) -> int:
 
 def _root(exc: BaseException) -> BaseException:
     """The error under Ray's task-error wrappers."""
-    seen = 0
-    while isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None and seen < 8:
-        exc, seen = exc.cause, seen + 1
+    for _ in range(8):
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(exc, ray.exceptions.RayError) or inner is None:
+            break
+        exc = inner
     return exc
 
 

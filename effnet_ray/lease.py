@@ -33,6 +33,7 @@ from effnet_ray.storage import (
     TMP_PREFIX,
     display,
     is_local,
+    is_transient,
     named_errors,
     protocols,
     put_atomic,
@@ -201,8 +202,15 @@ class Lease:
         where = display(fs, folder)
         mine = _new_holder(uuid.uuid4().hex)
         with named_errors(where):
-            fs.makedirs(folder, exist_ok=True)
-            if _create(fs, folder, _encode(mine)):
+            try:
+                fs.makedirs(folder, exist_ok=True)
+                created = _create(fs, folder, _encode(mine))
+            except (PermissionError, NotADirectoryError, IsADirectoryError, OSError) as exc:
+                if is_transient(exc, fs) or isinstance(exc, FileExistsError):
+                    raise
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
+                raise UserError(f"output {where} is not writable ({reason})") from exc
+            if created:
                 return cls(fs, folder, mine)
             holder, version = read_holder(fs, folder)
             if holder is None:  # released between our two calls

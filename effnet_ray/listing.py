@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
-from effnet_ray.storage import display, is_local, named_errors, open_fs, redact
+from effnet_ray.storage import display, is_local, named_errors, open_fs, redact, unreachable
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff",
@@ -151,7 +151,9 @@ def _exists(fs: AbstractFileSystem, path: str) -> bool:
         return os.path.lexists(path)
     try:
         fs.info(path)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if unreachable(exc) is not None:
+            raise
         return False
     return True
 

@@ -135,9 +135,16 @@ def check_resumable(fs: AbstractFileSystem, path: str, wanted: dict) -> dict | N
     manifest = read_manifest(fs, path)
     if manifest is None:
         with named_errors(where):
-            if fs.isdir(path) and any(n.endswith(".parquet") for n in fs.ls(path, detail=False)):
-                raise UserError(f"output {where} holds Parquet files of another tool or an "
-                                "older run (no manifest); pass --overwrite to replace them")
+            names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] \
+                if fs.isdir(path) else []
+        parquet = sorted(n for n in names if n.endswith(".parquet"))
+        foreign = [n for n in parquet if not Part.parse(n)]
+        if foreign:
+            raise UserError(f"output {where} holds Parquet files of another tool "
+                            f"({', '.join(foreign[:3])}); choose an empty or new folder")
+        if parquet:
+            raise UserError(f"output {where} holds results of an earlier run without its "
+                            "manifest; pass --overwrite to start over")
         return None
     had = manifest.get("identity", {})
     differ = [k for k in wanted if had.get(k) != wanted.get(k)]

@@ -153,6 +153,12 @@ def is_transient(exc: BaseException, fs: AbstractFileSystem | None = None) -> bo
     return any(_transient_one(e) for e in _chain(exc))
 
 
+def unreachable(exc: FileNotFoundError) -> BaseException | None:
+    """The connection failure behind a "not found" (fsspec's http store reports a server it
+    cannot reach as a missing file), or None for a file that really is missing."""
+    return next((e for e in _chain(exc) if e is not exc and _transient_one(e)), None)
+
+
 @contextmanager
 def named_errors(uri: str) -> Iterator[None]:
     """A store's failure as one line naming the URI (never its credentials). Only store
@@ -162,7 +168,10 @@ def named_errors(uri: str) -> Iterator[None]:
         yield
     except UserError:
         raise
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        cause = unreachable(exc)
+        if cause is not None:
+            raise UserError(f"cannot reach {shown}: {short_reason(cause)}") from exc
         raise UserError(f"{shown} does not exist") from None
     except PermissionError:
         raise UserError(f"access to {shown} is denied") from None

@@ -1,32 +1,14 @@
+"""Fixtures shared by the test modules; plain helpers live in tests/helpers.py."""
+
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
 
-ROOT = Path(__file__).resolve().parent.parent
-PHOTOS = ROOT / "effnet_ray" / "data" / "photos"
-CLI = [sys.executable, "-m", "effnet_ray.cli"]
+from effnet_ray.cli import PHOTOS
+from tests.helpers import B7_SEEDS, IMAGES, S3_SECRET, run_cli, start_moto
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-
-def run_cli(*args, env=None, timeout=900):
-    """Run effnet-ray as users do: a separate process, exit code and stderr kept."""
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def one_line_error(result, *fragments):
-    """Non-zero exit, no traceback, the error on one line (progress output may precede it)."""
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("effnet-ray: error: ")]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 @pytest.fixture(scope="session")
@@ -66,9 +48,6 @@ def lite0_ir(cache_dir):
     return cache_dir / "models" / "efficientnet-lite0" / "model.xml"
 
 
-B7_SEEDS = ("efficientnet-b7-pytorch", "efficientnet-b7_auto_aug")
-
-
 @pytest.fixture(scope="session")
 def b7_irs(cache_dir):
     """Both seed models as `models prepare --random-weights` writes them."""
@@ -90,44 +69,13 @@ def b7_net():
     return random_network(get_spec("efficientnet-b7-pytorch"), seed=0)
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_moto(extra_env=None):
-    import socket
-    import time
-
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, **(extra_env or {})})
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
-
-
-S3_SECRET = "secret-effnet-9f8e7d6c5b4a"
-
-
 @pytest.fixture(scope="session")
 def s3_env(tmp_path_factory):
     """A real S3 API server on loopback (moto_server), with the variables a user would set.
 
     Its request recorder (off until a test starts it) writes to a temporary file."""
     recording = tmp_path_factory.mktemp("moto") / "recording.jsonl"
-    proc, port = _start_moto({"MOTO_RECORDER_FILEPATH": str(recording)})
+    proc, port = start_moto({"MOTO_RECORDER_FILEPATH": str(recording)})
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "effnetkey",
            "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
     yield env
@@ -142,9 +90,6 @@ def s3(s3_env):
     return s3fs.S3FileSystem(endpoint_url=s3_env["AWS_ENDPOINT_URL"],
                              key=s3_env["AWS_ACCESS_KEY_ID"],
                              secret=s3_env["AWS_SECRET_ACCESS_KEY"])
-
-
-IMAGES = 84  # 21 chunks of 4: long enough to be killed part-way, short enough for CI
 
 
 @pytest.fixture(scope="session")
@@ -162,15 +107,3 @@ def many_photos(tmp_path_factory):
             variant.save(folder / f"img{k * len(photos) + j:03d}.jpg", quality=90)
     assert len(list(folder.iterdir())) == IMAGES
     return folder
-
-
-def pids_where(proc_file, matches):
-    """Processes whose /proc/PID/<proc_file> (cmdline, environ...) satisfies `matches`."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and matches((entry / proc_file).read_bytes()):
-                pids.add(int(entry.name))
-        except OSError:
-            continue
-    return pids

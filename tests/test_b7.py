@@ -6,7 +6,7 @@ import torch
 
 from effnet_ray.ir import complexity, metadata
 from effnet_ray.registry import get_spec
-from tests.conftest import B7_SEEDS
+from tests.helpers import B7_SEEDS, F32_TOLERANCE, normalised
 from tests.reference import (
     PlainOpenVINO,
     omz_preprocess,
@@ -15,7 +15,6 @@ from tests.reference import (
     rel_l2,
     resize_greater,
 )
-from tests.test_models import F32_TOLERANCE, normalised
 
 pytestmark = pytest.mark.b7
 

@@ -7,7 +7,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,25 +17,19 @@ import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util.state import list_actors, list_nodes
 
+from effnet_ray.cli import PHOTOS
 from effnet_ray.ir import ir_sha256
-from tests.conftest import IMAGES, PHOTOS, ROOT, pids_where
-from tests.test_resume import S3Requests, rows_by_name
+from tests.helpers import IMAGES, ROOT, S3Requests, free_port, pids_where, rows_by_name
 
 RAY = str(Path(sys.executable).parent / "ray")
 JOB_ARGS = ["--model", "efficientnet-lite0", "--precision", "f32", "--batch-size", "2",
             "--unit-size", "3", "--pool", "cpu-pinned"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ray_start(env, *args):
     result = subprocess.run([RAY, "start", "--node-ip-address", "127.0.0.1",
                              "--object-store-memory", str(300 * 2**20), "--disable-usage-stats",
-                             "--dashboard-agent-listen-port", str(_free_port()), *args],
+                             "--dashboard-agent-listen-port", str(free_port()), *args],
                             env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -48,7 +41,7 @@ def cluster(tmp_path_factory):
     caches = {name: tmp_path_factory.mktemp(f"cache-{name}") for name in ("head", "ov", "plain")}
     env = {**os.environ, "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
     try:
         _ray_start({**env, "EFFNET_RAY_CACHE": str(caches["head"])}, "--head",

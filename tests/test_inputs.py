@@ -16,8 +16,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from PIL import Image
 
+from effnet_ray.cli import PHOTOS
 from effnet_ray.listing import Source, list_sources, work_units
-from tests.conftest import PHOTOS, S3_SECRET, _start_moto, one_line_error, run_cli
+from tests.helpers import S3_SECRET, free_port, one_line_error, run_cli, start_moto
 
 LITE0 = ["--model", "efficientnet-lite0", "--precision", "f32"]
 
@@ -234,9 +235,7 @@ def test_missing_bucket_is_a_clear_error(s3_env, lite0_ir, tmp_path):
 
 
 def test_a_store_that_is_down_is_a_clear_error_not_a_hang(lite0_ir, tmp_path):
-    from tests.conftest import _free_port
-
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_ACCESS_KEY_ID": "k",
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_ACCESS_KEY_ID": "k",
            "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
     result = run_cli("label", "s3://effnet-in/photos", "--output", tmp_path / "o",
                      "--model-path", lite0_ir, *LITE0, env=env, timeout=120)
@@ -245,7 +244,7 @@ def test_a_store_that_is_down_is_a_clear_error_not_a_hang(lite0_ir, tmp_path):
 
 
 def test_a_store_that_denies_access_is_a_clear_error(lite0_ir, tmp_path):
-    proc, port = _start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    proc, port = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
     try:
         env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "nobody",
                "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
@@ -287,7 +286,8 @@ def test_layout_can_be_forced(tmp_path):
     auto = list(list_sources([str(tmp_path)]))
     assert [s.kind for s in auto] == ["files"]  # .bin is neither an image nor a shard
     forced = list(list_sources([str(tmp_path / "shard.bin")], layout="webdataset"))
-    assert forced == [Source("webdataset", str(tmp_path / "shard.bin"))]
+    assert [(s.kind, s.uri, s.size) for s in forced] == [
+        ("webdataset", str(tmp_path / "shard.bin"), 0)]
     os.remove(tmp_path / "shard.bin")
 
 

@@ -10,10 +10,10 @@ import pyarrow.dataset as pads
 import pytest
 
 import effnet_ray
-from effnet_ray.registry import get_spec, load_labels
-from tests.conftest import PHOTOS, one_line_error, run_cli
+from effnet_ray.cli import PHOTOS
+from effnet_ray.registry import get_spec, load_class_names
+from tests.helpers import F32_TOLERANCE, one_line_error, run_cli
 from tests.reference import PlainOpenVINO, omz_preprocess, rel_l2
-from tests.test_models import F32_TOLERANCE
 
 
 def read_output(folder):
@@ -71,6 +71,8 @@ def test_output_schema(lite0_run):
     assert schema.field("top_k_probs").type == pa.list_(pa.float32())
     assert schema.field("logits").type == pa.list_(pa.float32(), 1000)
     assert schema.field("error").type == pa.string()
+    assert schema.field("input_size").type == pa.int64()
+    assert schema.field("input_version").type == pa.string()
 
 
 def test_logits_equal_a_plain_openvino_run(lite0_run, lite0_ir):
@@ -89,7 +91,7 @@ def test_logits_equal_a_plain_openvino_run(lite0_run, lite0_ir):
 
 def test_top_k_is_the_softmax_of_the_logits(lite0_run):
     _, table = lite0_run
-    labels = load_labels("imagenet_2012.txt")
+    labels = load_class_names("imagenet_2012.txt")
     for row in table.to_pylist():
         if row["error"]:
             continue

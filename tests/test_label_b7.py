@@ -4,17 +4,16 @@ import pyarrow.dataset as pads
 import pytest
 
 from effnet_ray.registry import get_spec
-from tests.conftest import B7_SEEDS, run_cli
+from tests.helpers import B7_SEEDS, F32_TOLERANCE, run_cli
 from tests.reference import PlainOpenVINO, omz_preprocess, rel_l2
-from tests.test_models import F32_TOLERANCE
 
 pytestmark = pytest.mark.b7
-PHOTOS = ["wide.jpg", "tall.jpg", "small.png", "gray.png", "rgba.png", "odd602.png"]
+ODD_PHOTOS = ["wide.jpg", "tall.jpg", "small.png", "gray.png", "rgba.png", "odd602.png"]
 
 
 @pytest.mark.parametrize("name", B7_SEEDS)
 def test_label_equals_plain_openvino(b7_irs, odd_photos, tmp_path, name):
-    inputs = [odd_photos / p for p in PHOTOS]
+    inputs = [odd_photos / p for p in ODD_PHOTOS]
     result = run_cli("label", *inputs, "--output", tmp_path / "out", "--model", name,
                      "--model-path", b7_irs[name], "--precision", "f32", "--batch-size", "2")
     assert result.returncode == 0, result.stderr

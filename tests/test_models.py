@@ -10,17 +10,14 @@ import openvino as ov
 import pytest
 import torch
 
+from effnet_ray.cli import PHOTOS
 from effnet_ray.convert import pretrained_network
 from effnet_ray.errors import UserError
 from effnet_ray.ir import metadata
 from effnet_ray.registry import get_spec
 from effnet_ray.weights import download, packaged_weights
-from tests.conftest import PHOTOS, one_line_error, run_cli
+from tests.helpers import F32_TOLERANCE, normalised, one_line_error, run_cli
 from tests.reference import omz_preprocess, rel_l2, to_ir_input
-
-# Measured f32 disagreement between PyTorch and OpenVINO on these networks is 1e-6 to 5e-6
-# (summation order); a one-pixel crop shift moves the logits by 2e-3 or more.
-F32_TOLERANCE = 1e-4
 
 
 def test_models_list_names_every_model(cache_dir):
@@ -40,12 +37,6 @@ def test_lite0_ir_honours_its_contract(lite0_ir):
     meta = metadata(model)
     assert meta["model"] == spec.name and meta["random_weights"] is False
     assert meta["weights_sha256"] == spec.source.weights_sha256
-
-
-def normalised(rgb, spec):
-    x = (rgb.astype(np.float32) - np.array(spec.source.mean, np.float32)) / np.array(
-        spec.source.scale, np.float32)
-    return torch.from_numpy(x.transpose(2, 0, 1)[None].copy())
 
 
 def test_lite0_ir_equals_pytorch_and_knows_cats_and_coffee(lite0_ir):

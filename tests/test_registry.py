@@ -3,7 +3,7 @@ import tomllib
 import pytest
 
 from effnet_ray.errors import UserError
-from effnet_ray.registry import all_specs, configs_dir, get_spec, load_labels, parse_spec
+from effnet_ray.registry import all_specs, configs_dir, get_spec, load_class_names, parse_spec
 
 
 def test_both_seeds_and_the_demo_model_are_registered():
@@ -24,7 +24,7 @@ def test_seed_contracts_are_the_omz_ones():
 
 
 def test_imagenet_labels():
-    labels = load_labels("imagenet_2012.txt")
+    labels = load_class_names("imagenet_2012.txt")
     assert len(labels) == 1000
     assert labels[0] == "tench"
     assert labels[281] == "tabby" and labels[285] == "Egyptian cat"

@@ -12,37 +12,34 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from effnet_ray.batch import ImageBatch
+from effnet_ray.cli import PHOTOS
+from effnet_ray.lease import Lease
 from effnet_ray.listing import list_sources, work_units
 from effnet_ray.storage import open_fs
-from effnet_ray.writing import Chunk, commit_chunk
-from tests.conftest import CLI, IMAGES, PHOTOS, one_line_error, pids_where, run_cli
+from effnet_ray.writing import Committer
+from tests.helpers import (
+    CLI,
+    IMAGES,
+    S3Requests,
+    one_line_error,
+    pids_where,
+    rows_by_name,
+    run_cli,
+)
 
 
 def job_args(lite0_ir):
     return ["--model", "efficientnet-lite0", "--model-path", lite0_ir, "--precision", "f32",
             "--batch-size", "4", "--unit-size", "8"]
-
-
-def rows_by_name(folder, filesystem=None):
-    """{file name: row} of an output folder; fails on any name seen twice."""
-    table = pads.dataset(str(folder), format="parquet", filesystem=filesystem).to_table()
-    rows = {}
-    for row in table.to_pylist():
-        name = row["path"].rsplit("/", 1)[-1]
-        assert name not in rows, f"{name} is in the output twice"
-        rows[name] = row
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -210,36 +207,6 @@ def _upload(s3, folder, prefix):
         s3.put(str(path), f"{prefix}/{path.name}")
 
 
-class S3Requests:
-    """moto_server's own request recorder: which objects a run really fetched."""
-
-    def __init__(self, endpoint):
-        self.endpoint = endpoint
-
-    def _call(self, action):
-        with urllib.request.urlopen(f"{self.endpoint}/moto-api/recorder/{action}",
-                                    data=None if action.startswith("download") else b"") as r:
-            return r.read().decode()
-
-    def __enter__(self):
-        self._call("reset-recording")
-        self._call("start-recording")
-        return self
-
-    def __exit__(self, *exc):
-        self._call("stop-recording")
-
-    def gets(self):
-        """The bucket/key of every GET, in order, repeats included."""
-        lines = self._call("download-recording").splitlines()
-        requests = [json.loads(line) for line in lines if line.strip()]
-        return [urllib.parse.unquote(urllib.parse.urlsplit(r["url"]).path).lstrip("/")
-                for r in requests if r["method"] == "GET"]
-
-    def fetched(self):
-        return set(self.gets())
-
-
 def test_killed_driver_then_rerun_on_s3(s3, s3_env, many_photos, reference, lite0_ir, tmp_path):
     s3.mkdir("resume-in")
     s3.mkdir("resume-out")
@@ -303,20 +270,26 @@ def test_a_commit_rides_out_a_store_outage_longer_than_botocore_retries(s3, s3_e
     a commit waits out an 8 s outage and then lands whole."""
     s3.mkdir("outage")
     proxy = FlakyProxy(int(s3_env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
-    fs, folder = open_fs("s3://outage/out", {
-        "endpoint_url": f"http://127.0.0.1:{proxy.port}", "key": s3_env["AWS_ACCESS_KEY_ID"],
-        "secret": s3_env["AWS_SECRET_ACCESS_KEY"]})
-    table = pa.table({"path": ["a", "b"]})
-    chunk = Chunk("0123456789abcdef", 0, 2, 0, True)
+    options = {"endpoint_url": f"http://127.0.0.1:{proxy.port}",
+               "key": s3_env["AWS_ACCESS_KEY_ID"], "secret": s3_env["AWS_SECRET_ACCESS_KEY"]}
+    lease = Lease.acquire(*open_fs("s3://outage/out", options))  # a commit checks it holds it
+    commit = Committer("s3://outage/out", lease.token, options)
+    table = pa.table({"path": ["a", "b"], "error": pa.array([None, None], pa.string())})
+    batch = ImageBatch(uid="0123456789abcdef", first=0, last=True, paths=["a", "b"],
+                       errors=[None, None], source_labels=[None, None],
+                       source_metadata=[None, None], input_sizes=[1, 2],
+                       input_versions=["v1", "v2"], images=np.zeros((2, 1, 1, 3), np.uint8))
     proxy.down = True
     threading.Timer(8, lambda: setattr(proxy, "down", False)).start()
     started = time.time()
     try:
-        commit_chunk(fs, folder, chunk, table)
+        part = commit(batch, table)
     finally:
+        lease.release()
         proxy.close()
     assert time.time() - started > 7
-    with s3.open(f"outage/out/{chunk.name}", "rb") as f:
+    assert part.name == "part-0123456789abcdef-0000000-n2-e0-last.parquet"
+    with s3.open(f"outage/out/{part.name}", "rb") as f:
         assert pq.read_table(f).equals(table)
 
 
@@ -392,6 +365,12 @@ def test_parquet_files_of_another_tool_are_not_mixed_into(lite0_ir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     pq.write_table(pa.table({"x": [1]}), out / "other.parquet")
-    one_line_error(run_cli(*small_args(lite0_ir, out)), "no manifest", "--overwrite")
-    assert run_cli(*small_args(lite0_ir, out), "--overwrite").returncode == 0
-    assert not (out / "other.parquet").exists() and len(rows_by_name(out)) == 7
+    one_line_error(run_cli(*small_args(lite0_ir, out)), "Parquet files of another tool",
+                   "other.parquet", "choose an empty or new folder")
+    # --overwrite replaces only an output of effnet-ray: someone's files are never deleted
+    one_line_error(run_cli(*small_args(lite0_ir, out), "--overwrite"), "did not write",
+                   "other.parquet")
+    assert sorted(p.name for p in out.iterdir()) == ["other.parquet"]  # nor a lease left
+    (out / "other.parquet").unlink()
+    assert run_cli(*small_args(lite0_ir, out)).returncode == 0
+    assert len(rows_by_name(out)) == 7

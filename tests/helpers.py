@@ -1,0 +1,128 @@
+"""Plain helpers and constants shared by several test modules (no fixtures: those are in
+conftest.py). Test modules import shared things from here and from tests.reference only."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "effnet_ray.cli"]
+IMAGES = 84  # 21 chunks of 4: long enough to be killed part-way, short enough for CI
+S3_SECRET = "secret-effnet-9f8e7d6c5b4a"
+B7_SEEDS = ("efficientnet-b7-pytorch", "efficientnet-b7_auto_aug")
+# Measured f32 disagreement between PyTorch and OpenVINO on these networks is 1e-6 to 5e-6
+# (summation order); a one-pixel crop shift moves the logits by 2e-3 or more.
+F32_TOLERANCE = 1e-4
+
+
+def run_cli(*args, env=None, timeout=900):
+    """Run effnet-ray as users do: a separate process, exit code and stderr kept."""
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def one_line_error(result, *fragments):
+    """Non-zero exit, no traceback, the error on one line (progress output may precede it);
+    a user error, not an internal one (a bug)."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "effnet-ray: internal error" not in result.stderr, result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("effnet-ray: error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def normalised(rgb, spec):
+    """RGB HxWx3 uint8 as the PyTorch source takes it: mean/scale by hand, NCHW."""
+    import torch
+
+    x = (rgb.astype(np.float32) - np.array(spec.source.mean, np.float32)) / np.array(
+        spec.source.scale, np.float32)
+    return torch.from_numpy(x.transpose(2, 0, 1)[None].copy())
+
+
+def rows_by_name(folder, filesystem=None):
+    """{file name: row} of an output folder; fails on any name seen twice."""
+    table = pads.dataset(str(folder), format="parquet", filesystem=filesystem).to_table()
+    rows = {}
+    for row in table.to_pylist():
+        name = row["path"].rsplit("/", 1)[-1]
+        assert name not in rows, f"{name} is in the output twice"
+        rows[name] = row
+    return rows
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto(extra_env=None):
+    """A moto_server on a free loopback port: (process, port), once it accepts connections."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **(extra_env or {})})
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+class S3Requests:
+    """moto_server's own request recorder: which objects a run really fetched."""
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+
+    def _call(self, action):
+        with urllib.request.urlopen(f"{self.endpoint}/moto-api/recorder/{action}",
+                                    data=None if action.startswith("download") else b"") as r:
+            return r.read().decode()
+
+    def __enter__(self):
+        self._call("reset-recording")
+        self._call("start-recording")
+        return self
+
+    def __exit__(self, *exc):
+        self._call("stop-recording")
+
+    def gets(self):
+        """The bucket/key of every GET, in order, repeats included."""
+        lines = self._call("download-recording").splitlines()
+        requests = [json.loads(line) for line in lines if line.strip()]
+        return [urllib.parse.unquote(urllib.parse.urlsplit(r["url"]).path).lstrip("/")
+                for r in requests if r["method"] == "GET"]
+
+    def fetched(self):
+        return set(self.gets())
+
+
+def pids_where(proc_file, matches):
+    """Processes whose /proc/PID/<proc_file> (cmdline, environ...) satisfies `matches`."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and matches((entry / proc_file).read_bytes()):
+                pids.add(int(entry.name))
+        except OSError:
+            continue
+    return pids
