@@ -107,13 +107,13 @@ def set_metadata(model: ov.Model, meta: dict) -> None:
     model.set_rt_info(json.dumps(meta, sort_keys=True), [META_KEY, "json"])
 
 
-def file_sha256(*paths: str | Path, chunk: int = 1 << 20) -> str:
+def file_sha256(*paths: str | Path, block: int = 1 << 20) -> str:
     """One digest over the files' bytes, in order."""
     digest = hashlib.sha256()
     for path in paths:
         with open(path, "rb") as f:
-            while block := f.read(chunk):
-                digest.update(block)
+            while data := f.read(block):
+                digest.update(data)
     return digest.hexdigest()
 
 

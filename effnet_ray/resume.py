@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
+from effnet_ray.lease import LEASE
 from effnet_ray.listing import Unit
 from effnet_ray.shards import SEPARATOR
 from effnet_ray.storage import TMP_PREFIX, display, named_errors, printable, put_atomic, redact
@@ -76,8 +77,8 @@ def scan(fs: AbstractFileSystem, path: str) -> Committed:
         part = Part.parse(name)
         if part:
             committed.add(part)
-        elif name.startswith(TMP_PREFIX):
-            committed.leftovers.append(name)
+        elif name.startswith(TMP_PREFIX) and not name.startswith(TMP_PREFIX + LEASE):
+            committed.leftovers.append(name)  # the lease's own are its heartbeat's
     return committed
 
 
@@ -99,7 +100,10 @@ def tidy(fs: AbstractFileSystem, path: str, committed: Committed, units: Iterabl
         del committed.parts[part.uid][part.first]
     with named_errors(display(fs, path)):
         for name in committed.leftovers + committed.duplicates + [c.name for c in redo]:
-            fs.rm_file(f"{path}/{name}")
+            try:
+                fs.rm_file(f"{path}/{name}")
+            except FileNotFoundError:  # a retried write renamed it meanwhile
+                pass
     committed.leftovers, committed.duplicates = [], []
     return len(redo)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 import importlib.util
-import sys
+import logging
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,7 +13,11 @@ from effnet_ray.errors import UserError
 from effnet_ray.ir import file_sha256
 from effnet_ray.registry import ModelSpec
 
-CHUNK = 1 << 20
+log = logging.getLogger(__name__)
+
+BLOCK = 1 << 20
+# A progress line every this many bytes (a B7 checkpoint is ~270 MB: ~10 lines).
+REPORT_EVERY = 32 << 20
 
 
 def verify(path: Path, sha256: str, what: str) -> None:
@@ -39,11 +43,12 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 30.0,
                 done = 0
             total = response.length + done if response.length is not None else None
             with open(part, "ab" if done else "wb") as f:
-                while block := response.read(CHUNK):
+                while block := response.read(BLOCK):
                     f.write(block)
                     done += len(block)
-                    if progress:
-                        _show(dest.name, done, total)
+                    if progress and (done // REPORT_EVERY != (done - len(block)) // REPORT_EVERY
+                                     or done == total):
+                        _report(dest.name, done, total)
             if total is not None and done < total:
                 raise UserError(f"download of {url} stopped at {done} of {total} bytes "
                                 "(rerun to resume)")
@@ -56,9 +61,6 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 30.0,
         reason = getattr(exc, "reason", exc)
         raise UserError(f"cannot download {url}: {reason} (rerun to resume, or pass --weights FILE)"
                         ) from None
-    finally:
-        if progress:
-            print(file=sys.stderr)
     try:
         verify(part, sha256, "downloaded weights")
     except UserError:
@@ -68,12 +70,12 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 30.0,
     return dest
 
 
-def _show(name: str, done: int, total: int | None) -> None:
+def _report(name: str, done: int, total: int | None) -> None:
     if total:
-        print(f"\rdownloading {name}: {done / 2**20:.1f}/{total / 2**20:.1f} MiB "
-              f"({100 * done / total:.0f}%)", end="", file=sys.stderr)
+        log.info("downloading %s: %.1f/%.1f MiB (%.0f%%)", name, done / 2**20, total / 2**20,
+                 100 * done / total)
     else:
-        print(f"\rdownloading {name}: {done / 2**20:.1f} MiB", end="", file=sys.stderr)
+        log.info("downloading %s: %.1f MiB", name, done / 2**20)
 
 
 def packaged_weights(package: str, file_name: str) -> Path:

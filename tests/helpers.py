@@ -16,7 +16,7 @@ import pyarrow.dataset as pads
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "effnet_ray.cli"]
-IMAGES = 84  # 21 chunks of 4: long enough to be killed part-way, short enough for CI
+IMAGES = 84  # 21 parts of 4: long enough to be killed part-way, short enough for CI
 S3_SECRET = "secret-effnet-9f8e7d6c5b4a"
 B7_SEEDS = ("efficientnet-b7-pytorch", "efficientnet-b7_auto_aug")
 # Measured f32 disagreement between PyTorch and OpenVINO on these networks is 1e-6 to 5e-6

@@ -22,7 +22,8 @@ import pytest
 
 from effnet_ray.batch import ImageBatch
 from effnet_ray.cli import PHOTOS
-from effnet_ray.lease import Lease
+from effnet_ray.errors import UserError
+from effnet_ray.lease import Lease, LeaseLost, _replace, check_holder, read_holder
 from effnet_ray.listing import list_sources, work_units
 from effnet_ray.storage import open_fs
 from effnet_ray.writing import Committer
@@ -293,8 +294,35 @@ def test_a_commit_rides_out_a_store_outage_longer_than_botocore_retries(s3, s3_e
         assert pq.read_table(f).equals(table)
 
 
+def test_the_lease_on_s3_is_exclusive_and_taken_over_conditionally(s3, s3_env):
+    """S3's conditional writes make the lease atomic: If-None-Match to take a free one,
+    If-Match to take over the one judged stale, and a heartbeat that notices a takeover."""
+    options = {"endpoint_url": s3_env["AWS_ENDPOINT_URL"], "key": s3_env["AWS_ACCESS_KEY_ID"],
+               "secret": s3_env["AWS_SECRET_ACCESS_KEY"]}
+    s3.mkdir("leases")
+    fs, path = open_fs("s3://leases/out", options)
+    first = Lease.acquire(fs, path)
+    with pytest.raises(UserError, match=f"in use by another run \\(process {os.getpid()}"):
+        Lease.acquire(fs, path)
+    first.start_heartbeat(every=0.2)
+    time.sleep(1)
+    assert not first.lost.is_set()
+    stale, version = read_holder(fs, path)
+    second = Lease.acquire(fs, path, break_lease=True)
+    assert first.lost.wait(10)
+    with pytest.raises(LeaseLost):
+        check_holder(fs, path, first.token)
+    # a takeover conditional on a version that is no longer there loses
+    assert not _replace(fs, path, b"{}", stale, version)
+    check_holder(fs, path, second.token)
+    first.release()  # not its lease any more: leaves it alone
+    check_holder(fs, path, second.token)
+    second.release()
+    assert not s3.exists("leases/out/_lease.json")
+
+
 def small_args(lite0_ir, out, inputs=PHOTOS, **changes):
-    """The 7 bundled photos in units of 3 and chunks of 2; `changes` override options."""
+    """The 7 bundled photos in units of 3 and batches of 2; `changes` override options."""
     options = {"--model": "efficientnet-lite0", "--model-path": lite0_ir, "--precision": "f32",
                "--batch-size": "2", "--unit-size": "3", **changes}
     return ["label", inputs, "--output", out, *[x for kv in options.items() for x in kv]]
@@ -304,19 +332,19 @@ def test_crash_leftovers_and_duplicates_do_not_count(lite0_ir, tmp_path):
     out = tmp_path / "out"
     assert run_cli(*small_args(lite0_ir, out)).returncode == 0
     before = rows_by_name(out)
-    chunks = sorted(out.glob("part-*.parquet"))
-    # a write that a crash cut short, a chunk committed twice with different error counts
-    # (a retried batch), and a chunk lost
-    (out / f".tmp-{chunks[0].name}.0123abcd").write_bytes(chunks[0].read_bytes()[:100])
-    twice = chunks[1].name.replace("-e0", "-e1")
-    shutil.copy(chunks[1], out / twice)
-    chunks[2].unlink()
+    parts = sorted(out.glob("part-*.parquet"))
+    # a write that a crash cut short, a part committed twice with different error counts
+    # (a retried batch), and a part lost
+    (out / f".tmp-{parts[0].name}.0123abcd").write_bytes(parts[0].read_bytes()[:100])
+    twice = parts[1].name.replace("-e0", "-e1")
+    shutil.copy(parts[1], out / twice)
+    parts[2].unlink()
     result = run_cli(*small_args(lite0_ir, out))
     assert result.returncode == 0, result.stderr
     after = rows_by_name(out)  # fails if the duplicate still counted
     assert sorted(after) == sorted(before)
     assert not list(out.glob(".tmp-*")) and not (out / twice).exists()
-    assert manifest(out)["runs"][-1]["this_run"] == int(chunks[2].name.split("-n")[1][0])
+    assert manifest(out)["runs"][-1]["this_run"] == int(parts[2].name.split("-n")[1][0])
 
 
 def test_a_file_added_to_the_inputs_is_labelled_without_redoing_the_rest(lite0_ir, tmp_path):
