@@ -13,6 +13,7 @@ from __future__ import annotations
 import _thread
 import logging
 import os
+import socket
 import threading
 import time
 
@@ -24,6 +25,7 @@ from effnet_ray.pools import auto_actors, fitting_actors
 log = logging.getLogger(__name__)
 
 READER_CPUS = 1.0
+REACH_SECONDS = 5.0
 # Seconds without a commit after which a run says what it waits for (then every as often).
 QUIET_SECONDS = 120.0
 
@@ -36,6 +38,7 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
     level = "INFO" if verbose else "WARNING"
     try:
         if address:
+            _check_reachable(address)
             ray.init(address=address, logging_level=level, log_to_driver=True)
         else:  # "local": a new Ray, whatever RAY_ADDRESS or a stale cluster file says
             ray.init(address="local", include_dashboard=False, logging_level=level)
@@ -44,6 +47,25 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
                         f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
                         ) from exc
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not Ray's minutes of retries, when nothing answers at `address`."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if "://" in address:  # ray://host:port (Ray Client) or http://head:8265
+        target = address.split("://", 1)[1].split("/", 1)[0]
+    else:
+        target = canonicalize_bootstrap_address(address) or ""
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"no Ray cluster found at {address} (start one with `ray start "
+                        "--head`, or leave out --address to start a local Ray)")
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_SECONDS).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach Ray at {address} "
+                        f"({exc.strerror or type(exc).__name__})") from exc
 
 
 def _has_labels(node: dict, wanted: dict) -> bool:

@@ -121,21 +121,24 @@ def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, actors
     )
 
 
-def _label(plan: RunPlan, units: list[Unit], committed: Committed) -> int:
-    """Run the pipeline over `units`; the rows committed, with a progress line now and then."""
+def _pool(plan: RunPlan) -> int:
+    """Actors for the connected cluster, sized against what the decoding tasks need."""
     options, place = plan.options, plan.options.placement
-    rows = errors = 0
-    started = last_report = time.time()
     request = actor_request(place.actor_cpus, place.actor_gpus, place.actor_resources)
     reader = {"CPU": READER_CPUS,
               "memory": decode_memory(options.read.max_pixels, options.read.max_bytes),
               **place.reader_resources}
-    owns_ray = start_ray(place.address)
+    actors = pool_size(place.actors, request, place.actor_labels, reader, place.reader_labels)
+    log.info("inference: %d actor(s) on %s, each %s", actors, options.inference.device, request)
+    return actors
+
+
+def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int) -> int:
+    """Run the pipeline over `units`; the rows committed, with a progress line now and then."""
+    options = plan.options
+    rows = errors = 0
+    started = last_report = time.time()
     try:
-        actors = pool_size(place.actors, request, place.actor_labels, reader,
-                           place.reader_labels)
-        log.info("inference: %d actor(s) on %s, each %s", actors, options.inference.device,
-                 request)
         with Watchdog(options.run.stall_timeout) as watchdog:
             try:
                 for stats in build_dataset(plan, units, committed, actors).iter_batches(
@@ -163,9 +166,6 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed) -> int:
             raise UserError(f"the run stopped after committing {rows} images: "
                             f"{short_reason(cause)}; rerun the same command to resume") from exc
         raise
-    finally:
-        if owns_ray:
-            ray.shutdown()
     return rows
 
 
@@ -185,6 +185,7 @@ def run(plan: RunPlan) -> Summary:
     options, fs, path = plan.options, plan.fs, plan.path
     batch_size = options.read.batch_size
     started = time.time()
+    owns_ray = False
     try:
         if plan.random_weights:
             log.warning("%s has random weights: its labels mean nothing", plan.model_path)
@@ -197,11 +198,13 @@ def run(plan: RunPlan) -> Summary:
         if len(todo) < len(plan.units):
             log.info("resuming: %d of %d work units are done (%d images); skipping them",
                      len(plan.units) - len(todo), len(plan.units), committed.totals()[0])
+        owns_ray = start_ray(options.placement.address) if todo else False
+        actors = _pool(plan) if todo else 0
         plan.lease.start_heartbeat()
         manifest = start_run(fs, path, plan.manifest, plan.identity, run_settings(plan))
         status, this_run = "failed", 0
         try:
-            this_run = _label(plan, todo, committed) if todo else 0
+            this_run = _label(plan, todo, committed, actors) if todo else 0
             status = "complete"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -209,6 +212,8 @@ def run(plan: RunPlan) -> Summary:
         finally:
             missing = _finish(plan, manifest, status, this_run)
     finally:
+        if owns_ray:
+            ray.shutdown()
         plan.lease.release()
     images, errors = missing[1:]
     if missing[0]:

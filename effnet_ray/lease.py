@@ -187,8 +187,10 @@ def _replace(fs: AbstractFileSystem, folder: str, data: bytes, stale: Holder,
 class Lease:
     """The lease a run holds on its output, renewed by a daemon thread until `release`."""
 
-    def __init__(self, fs: AbstractFileSystem, folder: str, holder: Holder) -> None:
+    def __init__(self, fs: AbstractFileSystem, folder: str, holder: Holder,
+                 made_folder: bool = False) -> None:
         self.fs, self.folder, self.holder = fs, folder, holder
+        self.made_folder = made_folder  # a run that leaves nothing removes it again
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -202,6 +204,7 @@ class Lease:
         where = display(fs, folder)
         mine = _new_holder(uuid.uuid4().hex)
         with named_errors(where):
+            mine_folder = is_local(fs) and not os.path.exists(folder)
             try:
                 fs.makedirs(folder, exist_ok=True)
                 created = _create(fs, folder, _encode(mine))
@@ -211,11 +214,11 @@ class Lease:
                 reason = getattr(exc, "strerror", None) or type(exc).__name__
                 raise UserError(f"output {where} is not writable ({reason})") from exc
             if created:
-                return cls(fs, folder, mine)
+                return cls(fs, folder, mine, mine_folder)
             holder, version = read_holder(fs, folder)
             if holder is None:  # released between our two calls
                 if _create(fs, folder, _encode(mine)):
-                    return cls(fs, folder, mine)
+                    return cls(fs, folder, mine, mine_folder)
             elif not (break_lease or holder.is_dead_here()
                       or time.time() - holder.heartbeat > EXPIRY):
                 raise UserError(f"output {where} is in use by another run ({holder.describe()}"
@@ -223,7 +226,7 @@ class Lease:
             elif _replace(fs, folder, _encode(mine), holder, version):
                 log.warning("took over the lease of a run that is gone (%s)",
                             holder.describe() if holder else "unknown")
-                return cls(fs, folder, mine)
+                return cls(fs, folder, mine, mine_folder)
         raise UserError(f"output {where} was taken by another run just now; try again")
 
     def start_heartbeat(self, every: float = HEARTBEAT) -> None:
@@ -255,6 +258,8 @@ class Lease:
         holder, _ = read_holder(self.fs, self.folder)
         if holder is not None and holder.token == self.token:
             self.fs.rm_file(f"{self.folder}/{LEASE}")
+            if self.made_folder and not os.listdir(self.folder):
+                os.rmdir(self.folder)
 
 
 def check_holder(fs: AbstractFileSystem, folder: str, token: str) -> None:

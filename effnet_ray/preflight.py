@@ -10,7 +10,6 @@ one `UserError`, raised before Ray starts.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +129,6 @@ def prepare_run(options: LabelOptions) -> RunPlan:
         check_device(options.inference.device, options.inference.precision)
     model_path, sha256, random_weights = resolve_model(options, spec)
     fs, path = check_place(options.output, options.inputs, options.storage_options)
-    new_folder = is_local(fs) and not os.path.exists(path)
     lease = Lease.acquire(fs, path, options.run.break_lease)
     try:
         units = list_units(options, path)
@@ -142,8 +140,6 @@ def prepare_run(options: LabelOptions) -> RunPlan:
             manifest = check_resumable(fs, path, identity)
     except BaseException:
         lease.release()
-        if new_folder and not os.listdir(path):  # a refused run leaves no trace
-            os.rmdir(path)
         raise
     return RunPlan(options=options, spec=spec, model_path=model_path, ir_sha256=sha256,
                    random_weights=random_weights, units=units, fs=fs, path=path, lease=lease,

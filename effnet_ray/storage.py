@@ -89,6 +89,8 @@ def open_fs(uri: str, options: dict | None = None) -> tuple[AbstractFileSystem, 
     except ValueError:
         raise UserError(f"{redact(uri)}: unknown protocol '{protocol}://' (known: file, s3, "
                         "gs, az, abfs, http, https...)") from None
+    if not _PROTOCOL.match(uri):  # a plain local path: taken as it is, never re-parsed
+        return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(uri))
     local = protocol in LOCAL
     kwargs = {} if local else {**_DEFAULTS.get(protocol, {}), **(options or {})}
     try:

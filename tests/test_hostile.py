@@ -247,3 +247,8 @@ def test_messages_tell_the_truth(tmp_path, lite0_ir):
                      tmp_path / "o", *lite0(lite0_ir))
     one_line_error(result, "cannot reach", "***@127.0.0.1:9")
     assert "hunter2" not in result.stderr
+    started = time.time()
+    result = run_cli("label", PHOTOS, "--output", tmp_path / "o", *lite0(lite0_ir),
+                     "--address", "127.0.0.1:9")  # nothing listens: not minutes of retries
+    one_line_error(result, "cannot reach Ray at 127.0.0.1:9")
+    assert time.time() - started < 60 and not (tmp_path / "o").exists()

@@ -35,6 +35,12 @@ def test_a_double_colon_name_is_a_local_file_not_a_url_chain(tmp_path):
     assert path == str(target) and fs.cat_file(path) == b"abc"
 
 
+@pytest.mark.parametrize("name", ["file:x.jpg", "local:y.png", "a::b.jpg", "s3:not-a-uri"])
+def test_a_plain_name_is_a_local_path_whatever_it_looks_like(name):
+    fs, path = open_fs(name)
+    assert path == os.path.join(os.getcwd(), name) and "file" in fs.protocol
+
+
 def test_unknown_protocol_is_named_as_such():
     with pytest.raises(UserError, match=r"unknown protocol 'nosuch://'"):
         open_fs("nosuch://bucket/x")
