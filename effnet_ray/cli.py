@@ -1,4 +1,5 @@
-"""`effnet-ray`: models list|prepare, label, demo. Every user error is one line on stderr."""
+"""`effnet-ray`: models list|prepare, label, demo, evaluate, report. Every user error is one
+line on stderr."""
 
 from __future__ import annotations
 
@@ -120,7 +121,45 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help=f"label the bundled photos with {DEMO_MODEL}")
     demo.add_argument("--output", default=".demo-output")
     demo.add_argument("--cache-dir")
+    evaluate = sub.add_parser("evaluate", help="top-1/top-5 accuracy, per-class accuracy, "
+                              "confusions and calibration of an output against ground truth")
+    _add_truth_options(evaluate)
+    evaluate.add_argument("--json", action="store_true",
+                          help="print one JSON object (fields: see the README)")
+    report = sub.add_parser("report", help="one self-contained HTML page about an output")
+    _add_truth_options(report)
+    report.add_argument("--html", required=True, metavar="FILE", help="the page to write")
     return parser
+
+
+def _add_truth_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("output", metavar="OUT", help="an output folder of `effnet-ray label`")
+    p.add_argument("--ground-truth", metavar="FILE",
+                   help="CSV with path and class_id columns, or ImageNet's `NAME CLASS_ID` "
+                   "lines (default: WebDataset .cls and ImageNet class folders only)")
+    p.add_argument("--storage-options", metavar="JSON",
+                   help="extra fsspec options for remote stores (never logged)")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from effnet_ray.evaluate import describe
+    from effnet_ray.evaluate import evaluate as run_evaluation
+    from effnet_ray.options import parse_json_object
+
+    result = run_evaluation(args.output, args.ground_truth,
+                            parse_json_object("storage-options", args.storage_options))
+    print(json.dumps(result.to_dict()) if args.json else describe(result))
+
+
+def report(args: argparse.Namespace) -> None:
+    from effnet_ray.options import parse_json_object
+    from effnet_ray.report import write_report
+
+    path = write_report(args.output, args.html, args.ground_truth,
+                        parse_json_object("storage-options", args.storage_options))
+    print(f"report: {path}")
 
 
 def _cache(args: argparse.Namespace) -> Path:
@@ -238,10 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args([a for a in argv if a != "--debug"])
         if args.command == "models":
             (models_list if args.models_command == "list" else models_prepare)(args)
-        elif args.command == "label":
-            label(args)
         else:
-            demo(args)
+            {"label": label, "demo": demo, "evaluate": evaluate, "report": report}[
+                args.command](args)
     except UserError as exc:
         if debug and (exc.__cause__ or exc.__context__):
             traceback.print_exception(exc.__cause__ or exc.__context__, file=sys.stderr)

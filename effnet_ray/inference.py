@@ -157,8 +157,15 @@ class Classifier:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         """Label and commit each batch (a row of `table`); return what was committed."""
-        parts = []
+        parts, classes, reasons = [], [], []
         for row in range(table.num_rows):
             batch = ImageBatch.from_arrow(table, row)
-            parts.append(self.commit(batch, self.label(batch)))
-        return pa.table({"rows": [p.rows for p in parts], "errors": [p.errors for p in parts]})
+            rows = self.label(batch)
+            parts.append(self.commit(batch, rows))
+            classes.append(rows.column("class_id").drop_null())
+            reasons.append(rows.column("error").drop_null())
+        return pa.table({"rows": [p.rows for p in parts], "errors": [p.errors for p in parts],
+                         "classes": pa.array([c.to_pylist() for c in classes],
+                                             pa.list_(pa.int32())),
+                         "reasons": pa.array([r.to_pylist() for r in reasons],
+                                             pa.list_(pa.string()))})

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
@@ -23,9 +25,10 @@ from effnet_ray.listing import Unit
 from effnet_ray.pools import actor_request
 from effnet_ray.preflight import RunPlan
 from effnet_ray.reading import ReadTask, read_units
+from effnet_ray.registry import load_class_names
 from effnet_ray.resume import Committed, end_run, scan, start_run, tidy
 from effnet_ray.storage import is_transient, printable, short_reason
-from effnet_ray.writing import Committer
+from effnet_ray.writing import Committer, reason_kind
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ class Summary:
     this_run: int  # rows this run committed
     wall_seconds: float
     output: str
+    top_classes: tuple[tuple[str, int], ...] = ()  # this run's most frequent, with counts
+    reasons: tuple[tuple[str, int], ...] = ()  # this run's errors by reason
 
     @property
     def labelled(self) -> int:
@@ -62,9 +67,16 @@ class Summary:
     def __str__(self) -> str:
         earlier = self.images - self.this_run
         resumed = f" ({earlier} from earlier runs)" if earlier else ""
-        return (f"labelled {self.labelled} images{resumed}, {self.errors} errors, "
-                f"{self.images_per_second:.2f} images/s, {self.wall_seconds:.1f} s wall; "
-                f"output: {self.output}")
+        lines = [f"labelled {self.labelled} images{resumed}, {self.errors} errors, "
+                 f"{self.images_per_second:.2f} images/s, {self.wall_seconds:.1f} s wall; "
+                 f"output: {self.output}"]
+        if self.top_classes:
+            lines.append("most frequent this run: " + ", ".join(
+                f"{name} {count}" for name, count in self.top_classes))
+        if self.reasons:
+            lines.append("errors this run: " + ", ".join(
+                f"{reason} {count}" for reason, count in self.reasons))
+        return "\n".join(lines)
 
 
 def decode_memory(max_pixels: int, max_bytes: int) -> int:
@@ -121,6 +133,19 @@ def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, actors
     )
 
 
+class Tally:
+    """This run's classes and error reasons, from what the actors report per part."""
+
+    def __init__(self) -> None:
+        self.classes: Counter[int] = Counter()
+        self.reasons: Counter[str] = Counter()
+
+    def add(self, stats: pa.Table) -> None:
+        self.classes.update(pc.list_flatten(stats.column("classes")).to_pylist())
+        self.reasons.update(reason_kind(r) for r in
+                            pc.list_flatten(stats.column("reasons")).to_pylist())
+
+
 def _pool(plan: RunPlan) -> int:
     """Actors for the connected cluster, sized against what the decoding tasks need."""
     options, place = plan.options, plan.options.placement
@@ -137,6 +162,7 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int) 
     """Run the pipeline over `units`; the rows committed, with a progress line now and then."""
     options = plan.options
     rows = errors = 0
+    tally = Tally()
     started = last_report = time.time()
     try:
         with Watchdog(options.run.stall_timeout) as watchdog:
@@ -146,6 +172,7 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int) 
                     watchdog.committed()
                     rows += pc.sum(stats.column("rows")).as_py() or 0
                     errors += pc.sum(stats.column("errors")).as_py() or 0
+                    tally.add(stats)
                     if plan.lease.lost.is_set():
                         raise LeaseLost("another run took the output over")
                     if time.time() - last_report >= PROGRESS_SECONDS:
@@ -166,7 +193,7 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int) 
             raise UserError(f"the run stopped after committing {rows} images: "
                             f"{short_reason(cause)}; rerun the same command to resume") from exc
         raise
-    return rows
+    return rows, tally
 
 
 def _root(exc: BaseException) -> BaseException:
@@ -204,7 +231,7 @@ def run(plan: RunPlan) -> Summary:
         manifest = start_run(fs, path, plan.manifest, plan.identity, run_settings(plan))
         status, this_run = "failed", 0
         try:
-            this_run = _label(plan, todo, committed, actors) if todo else 0
+            this_run, tally = _label(plan, todo, committed, actors) if todo else (0, Tally())
             status = "complete"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -219,8 +246,11 @@ def run(plan: RunPlan) -> Summary:
     if missing[0]:
         raise UserError(f"{missing[0]} work units have no committed results although the run "
                         "finished; rerun the same command to label them")
+    names = load_class_names(plan.spec.class_names)
     return Summary(images=images, errors=errors, this_run=this_run,
-                   wall_seconds=time.time() - started, output=plan.output)
+                   wall_seconds=time.time() - started, output=plan.output,
+                   top_classes=tuple((names[c], n) for c, n in tally.classes.most_common(5)),
+                   reasons=tuple(tally.reasons.most_common()))
 
 
 def _finish(plan: RunPlan, manifest: dict, status: str, this_run: int

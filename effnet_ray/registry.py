@@ -216,3 +216,10 @@ def load_class_names(file: str) -> tuple[str, ...]:
     """Class names in index order; a line is `<wnid> <name>, <synonym>, ...`, we keep <name>."""
     text = resources.files("effnet_ray").joinpath("data", file).read_text()
     return tuple(line.split(" ", 1)[1].split(",")[0].strip() for line in text.splitlines() if line)
+
+
+@cache
+def load_wnids(file: str) -> tuple[str, ...]:
+    """WordNet ids in index order (the first word of each line): ImageNet's class folders."""
+    text = resources.files("effnet_ray").joinpath("data", file).read_text()
+    return tuple(line.split(" ", 1)[0] for line in text.splitlines() if line)

@@ -16,6 +16,8 @@ from effnet_ray.batch import ImageBatch
 from effnet_ray.lease import check_holder
 from effnet_ray.storage import open_fs, put_atomic, retrying
 
+# An error's details, in parentheses after its reason ("undecodable image (...)").
+REASON_DETAIL = r"\s*\(.*$"
 _PART = re.compile(r"^part-([0-9a-f]{16})-(\d{7,})-n(\d+)-e(\d+)(-last)?\.parquet$")
 
 
@@ -44,6 +46,11 @@ class Part:
             return None
         uid, first, rows, errors, last = match.groups()
         return cls(uid, int(first), int(rows), int(errors), last is not None)
+
+
+def reason_kind(error: str) -> str:
+    """An error row's reason without its details, for counting rows by reason."""
+    return re.sub(REASON_DETAIL, "", error).strip()
 
 
 def output_schema(classes: int) -> pa.Schema:

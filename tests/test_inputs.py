@@ -194,9 +194,13 @@ def test_input_and_output_in_s3(s3, s3_env, tmp_path, lite0_ir):
     for name in names:
         s3.put(str(PHOTOS / name), f"effnet-in/photos/{name}")
     s3.pipe("effnet-in/photos/nested/broken.jpg", b"not an image")
+    s3.pipe("effnet-in/photos/nested/empty.jpg", b"")
+    s3.put(str(PHOTOS / "coffee.jpg"), "effnet-in/photos/odd::name.jpg")
+    s3.put(str(PHOTOS / "coffee.jpg"), "effnet-in/odd/photo[1].jpg")
     make_tar(tmp_path / "shard.tar", webdataset_samples()[:3])
     s3.put(str(tmp_path / "shard.tar"), "effnet-in/shards/shard-000.tar")
     result = run_cli("label", "s3://effnet-in/photos", "s3://effnet-in/shards/*.tar",
+                     "s3://effnet-in/odd/photo[1].jpg",
                      "--output", "s3://effnet-out/run1", "--model-path", lite0_ir, *LITE0,
                      env=s3_env)
     assert result.returncode == 0, result.stderr
@@ -205,8 +209,13 @@ def test_input_and_output_in_s3(s3, s3_env, tmp_path, lite0_ir):
     rows = {r["path"]: r for r in read_rows(
         "effnet-out/run1", pafs.PyFileSystem(pafs.FSSpecHandler(s3)))}
     expected = [f"s3://effnet-in/photos/{n}" for n in names] + [
-        "s3://effnet-in/photos/nested/broken.jpg", "s3://effnet-in/shards/shard-000.tar::cats/0001"]
+        "s3://effnet-in/photos/nested/broken.jpg", "s3://effnet-in/shards/shard-000.tar::cats/0001",
+        "s3://effnet-in/photos/nested/empty.jpg", "s3://effnet-in/photos/odd::name.jpg",
+        "s3://effnet-in/odd/photo[1].jpg"]
     assert sorted(rows) == sorted(expected)
+    assert rows["s3://effnet-in/photos/nested/empty.jpg"]["error"] == "empty file"
+    assert rows["s3://effnet-in/photos/odd::name.jpg"]["error"] is None
+    assert rows["s3://effnet-in/odd/photo[1].jpg"]["error"] is None
     assert rows["s3://effnet-in/photos/coffee.jpg"]["class_id"] in (967, 968)
     assert "not a recognised image" in rows["s3://effnet-in/photos/nested/broken.jpg"]["error"]
     assert "s3://effnet-out/run1" in result.stdout

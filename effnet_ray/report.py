@@ -1,0 +1,269 @@
+"""An output -> one self-contained HTML page a person opens after a run.
+
+Counts and errors by reason, the most frequent classes, the distribution of top-1
+confidence, each run's duration and throughput from the manifest, accuracy and confusions
+when there is ground truth, and thumbnails of the least confident images and of examples of
+the frequent classes. Charts are matplotlib SVG and thumbnails small JPEG data URIs, inline:
+the page loads nothing from anywhere. Thumbnails are read from the inputs through the same
+storage layer as the labeling job; samples of shards cost reading their shard, so at most
+`MAX_SHARDS` shards are read.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import time
+from collections import defaultdict
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from effnet_ray.errors import UserError
+from effnet_ray.evaluate import COLUMNS, Evaluation, evaluate_table, read_output
+from effnet_ray.listing import SHARD_KINDS, suffix
+from effnet_ray.options import MAX_BYTES, MAX_PIXELS, ReadOptions
+from effnet_ray.preprocessing import decode
+from effnet_ray.reading import ReadTask, read_object
+from effnet_ray.registry import get_spec
+from effnet_ray.resume import read_manifest
+from effnet_ray.shards import SEPARATOR
+from effnet_ray.storage import local_path, open_fs, put_atomic, redact
+from effnet_ray.truth import read_truth_file
+from effnet_ray.writing import REASON_DETAIL
+
+log = logging.getLogger(__name__)
+
+TOP_CLASSES = 20
+LEAST_CONFIDENT = 12
+EXAMPLE_CLASSES = 6
+EXAMPLES = 4
+MAX_SHARDS = 4
+THUMB = 160
+
+
+def _svg(figure: object) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    figure.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(figure)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _charts(names: list[str], counts: list[int], confidence: np.ndarray) -> tuple[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: small and selectable
+    matplotlib.rcParams["svg.hashsalt"] = "effnet-ray"  # the same page for the same output
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.28 * max(len(names), 3) + 0.8))
+    ax.barh(range(len(names))[::-1], counts, color="#3b6ea8")
+    ax.set_yticks(range(len(names))[::-1], names, fontsize=8)
+    ax.set_xlabel("images")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title("Most frequent classes (top-1)")
+    classes = _svg(fig)
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    ax.hist(confidence, bins=40, range=(0, 1), color="#7a9e3b")
+    ax.set_xlabel("top-1 probability")
+    ax.set_ylabel("images")
+    ax.set_title("Confidence")
+    return classes, _svg(fig)
+
+
+def _shard_of(path: str) -> str | None:
+    """The shard a sample's path names (`SHARD::KEY`), or None for a plain file."""
+    parts = path.split(SEPARATOR)
+    for i in range(len(parts) - 1, 0, -1):
+        shard = SEPARATOR.join(parts[:i])
+        if suffix(shard) in SHARD_KINDS:
+            return shard
+    return None
+
+
+def fetch(paths: list[str], storage_options: dict | None = None) -> dict[str, bytes]:
+    """The bytes of the inputs behind output paths, where they can still be read."""
+    from effnet_ray.shards import parquet_samples, tar_samples
+
+    task = ReadTask(ReadOptions(max_bytes=MAX_BYTES), get_spec("efficientnet-lite0"),
+                    storage_options)
+    found: dict[str, bytes] = {}
+    by_shard: dict[str, set[str]] = defaultdict(set)
+    for path in paths:
+        shard = _shard_of(path)
+        if shard:
+            by_shard[shard].add(path)
+            continue
+        try:
+            found[path] = read_object(local_path(path), None, task)
+        except Exception as exc:  # a thumbnail is a nicety: the page says it is missing
+            log.debug("no thumbnail for %s: %s", path, exc)
+    for shard, wanted in list(by_shard.items())[:MAX_SHARDS]:
+        read = tar_samples if SHARD_KINDS[suffix(shard)] == "webdataset" else parquet_samples
+        try:
+            for sample in read(local_path(shard), None, None, task, lambda i: False):
+                if sample is not None and sample.path in wanted and sample.data:
+                    found[sample.path] = sample.data
+        except Exception as exc:
+            log.debug("no thumbnails from %s: %s", shard, exc)
+    return found
+
+
+def thumbnail(data: bytes) -> str | None:
+    try:
+        image = decode(data, MAX_PIXELS)
+    except Exception:
+        return None
+    image.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=70)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _reasons(errors: pa.ChunkedArray) -> list[tuple[str, int]]:
+    """Error rows by reason, without the per-file details in parentheses."""
+    kinds = pc.utf8_trim_whitespace(pc.replace_substring_regex(
+        errors.drop_null(), pattern=REASON_DETAIL, replacement=""))
+    counts = pc.value_counts(kinds).to_pylist()
+    return sorted(((c["values"], c["counts"]) for c in counts), key=lambda x: -x[1])
+
+
+def _runs(manifest: dict | None) -> list[dict]:
+    runs = []
+    for run in (manifest or {}).get("runs", []):
+        seconds = None
+        try:
+            started = datetime.strptime(run["started"], "%Y-%m-%dT%H:%M:%SZ")
+            ended = datetime.strptime(run["ended"], "%Y-%m-%dT%H:%M:%SZ")
+            seconds = (ended - started).total_seconds()
+        except (KeyError, TypeError, ValueError):
+            pass
+        done = run.get("this_run")
+        rate = done / seconds if seconds and done is not None else None
+        runs.append({**run, "seconds": seconds, "rate": rate})
+    return runs
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.9em}td,th{padding:.25em .7em;border-bottom:1px solid #eee;
+text-align:left}td.n{text-align:right}.cards{display:flex;gap:1em;flex-wrap:wrap}
+.card{background:#f4f6f8;padding:.7em 1.1em;border-radius:6px}.card b{display:block;font-size:1.4em}
+.grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:170px;font-size:.75em}
+figure img,figure .missing{width:160px;height:160px;object-fit:contain;background:#eee;
+display:flex;align-items:center;justify-content:center;color:#888}
+figcaption{word-break:break-all}svg{max-width:100%;height:auto}
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _figure(row: dict, images: dict[str, str]) -> str:
+    src = images.get(row["path"])
+    picture = (f'<img class="thumb" alt="{_e(row["label"])}" src="{src}">' if src else
+               '<div class="missing">not readable</div>')
+    prob = row["top_k_probs"][0] if row["top_k_probs"] else 0.0
+    name = row["path"].rsplit("/", 1)[-1]
+    return (f"<figure>{picture}<figcaption><b>{_e(row['label'])}</b> {prob:.2f}<br>"
+            f"<span title=\"{_e(row['path'])}\">{_e(name)}</span></figcaption></figure>")
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(
+        f'<td class="n">{_e(v)}</td>' if isinstance(v, (int, float)) else f"<td>{_e(v)}</td>"
+        for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def build_html(out: str, table: pa.Table, evaluation: Evaluation, manifest: dict | None,
+               storage_options: dict | None = None) -> str:
+    labelled = table.filter(pc.is_null(table.column("error")))
+    class_ids = labelled.column("class_id").to_numpy(zero_copy_only=False)
+    counts = np.bincount(class_ids, minlength=1) if len(class_ids) else np.zeros(1, int)
+    top = np.argsort(-counts, kind="stable")[:TOP_CLASSES]
+    top = [int(c) for c in top if counts[c]]
+    label_of = dict(zip(class_ids.tolist(), labelled.column("label").to_pylist(), strict=True))
+    confidence = pc.list_element(labelled.column("top_k_probs"), 0).to_numpy(
+        zero_copy_only=False) if labelled.num_rows else np.zeros(0)
+    classes_svg, confidence_svg = _charts([label_of[c] for c in top],
+                                          [int(counts[c]) for c in top], confidence)
+    least = np.argsort(confidence, kind="stable")[:LEAST_CONFIDENT]
+    least_rows = labelled.take(pa.array(least, pa.int64())).to_pylist() if len(least) else []
+    examples: dict[int, list[dict]] = {}
+    for c in top[:EXAMPLE_CLASSES]:
+        where = np.flatnonzero(class_ids == c)
+        best = where[np.argsort(-confidence[where], kind="stable")[:EXAMPLES]]
+        examples[c] = labelled.take(pa.array(best, pa.int64())).to_pylist()
+    wanted = [r["path"] for r in least_rows] + [r["path"] for rs in examples.values()
+                                                for r in rs]
+    images = {p: t for p, data in fetch(wanted, storage_options).items()
+              if (t := thumbnail(data))}
+    reasons = _reasons(table.column("error"))
+    runs = _runs(manifest)
+    parts = [f"<h1>effnet-ray: {_e(redact(out))}</h1>",
+             f"<p>model {_e(evaluation.model)}; report made "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>",
+             '<div class="cards">'
+             f'<div class="card"><b>{table.num_rows}</b>images</div>'
+             f'<div class="card"><b>{labelled.num_rows}</b>labelled</div>'
+             f'<div class="card"><b>{table.num_rows - labelled.num_rows}</b>errors</div>'
+             + (f'<div class="card"><b>{100 * evaluation.top1:.2f}%</b>top-1 on '
+                f'{evaluation.images} images</div>' if evaluation.top1 is not None else "")
+             + "</div>"]
+    if reasons:
+        parts += ["<h2>Errors by reason</h2>", _table(["reason", "images"], reasons)]
+    parts += ["<h2>Classes</h2>", classes_svg, "<h2>Confidence</h2>", confidence_svg]
+    if runs:
+        parts += ["<h2>Runs</h2>", _table(
+            ["started", "status", "host", "images this run", "seconds", "images/s"],
+            [[r.get("started"), r.get("status"), r.get("host"), r.get("this_run", ""),
+              "" if r["seconds"] is None else round(r["seconds"]),
+              "" if r["rate"] is None else round(r["rate"], 2)] for r in runs])]
+    if evaluation.images:
+        top5 = "n/a" if evaluation.top5 is None else f"{100 * evaluation.top5:.2f}%"
+        parts += ["<h2>Accuracy</h2>",
+                  f"<p>top-1 {100 * evaluation.top1:.2f}%, top-5 {top5}, calibration error "
+                  f"(ECE) {evaluation.ece:.4f} on {evaluation.images} images; "
+                  f"{evaluation.without_ground_truth} without ground truth.</p>",
+                  _table(["true", "predicted", "images"],
+                         [[p["true_label"], p["predicted_label"], p["images"]]
+                          for p in evaluation.confused_pairs])]
+    if least_rows:
+        parts += ["<h2>Least confident</h2>", '<div class="grid">',
+                  *(_figure(r, images) for r in least_rows), "</div>"]
+    for c, rows in examples.items():
+        many = f"{int(counts[c])} image" + ("s" if counts[c] > 1 else "")
+        parts += [f"<h2>Examples: {_e(label_of[c])} ({many})</h2>",
+                  '<div class="grid">', *(_figure(r, images) for r in rows), "</div>"]
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>effnet-ray report</title><style>{_STYLE}</style></head><body>"
+            + "\n".join(parts) + "</body></html>")
+
+
+def write_report(out: str, destination: str, ground_truth_file: str | None = None,
+                 storage_options: dict | None = None) -> str:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError("report needs matplotlib: pip install 'effnet-ray[report]'") from None
+    table = read_output(out, COLUMNS + ["label"], storage_options)
+    entries = read_truth_file(ground_truth_file, storage_options) if ground_truth_file \
+        else None
+    evaluation = evaluate_table(table, entries)
+    fs, path = open_fs(out, storage_options)
+    page = build_html(out, table, evaluation, read_manifest(fs, path), storage_options)
+    dest_fs, dest = open_fs(destination, storage_options)
+    put_atomic(dest_fs, dest, page.encode())
+    return destination
