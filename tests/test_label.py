@@ -125,7 +125,8 @@ def test_a_broken_file_is_a_row_with_its_reason(lite0_run):
 
 def test_output_reads_as_one_dataset_in_pandas_and_duckdb(lite0_run, inputs, tmp_path):
     result, table = lite0_run
-    out = result.stdout.strip().rsplit("output: ", 1)[1]
+    first = next(ln for ln in result.stdout.splitlines() if "output: " in ln)
+    out = first.rsplit("output: ", 1)[1]
     frame = pd.read_parquet(out)
     assert len(frame) == table.num_rows
     count, errors = duckdb.sql(
