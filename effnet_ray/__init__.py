@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from effnet_ray.errors import UserError
@@ -12,16 +13,18 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def label(inputs: list[str], output: str, **options: object) -> Summary:
+def label(inputs: list[str], output: str, progress: Callable | None = None,
+          **options: object) -> Summary:
     """Run the labeling job from Python; takes the same options as `effnet-ray label`.
 
-    Messages go to the `effnet_ray` logger (progress at INFO, warnings at WARNING); attach a
-    handler to see or route them."""
+    Messages go to the `effnet_ray` logger (progress lines at INFO, warnings at WARNING);
+    attach a handler to see or route them. `progress`, if given, is called instead of the
+    progress lines with an `effnet_ray.progress.ProgressState` after every commit."""
     from effnet_ray.job import run
     from effnet_ray.options import build_options
     from effnet_ray.preflight import prepare_run
 
-    return run(prepare_run(build_options(inputs, output, **options)))
+    return run(prepare_run(build_options(inputs, output, **options)), progress)
 
 
 __all__ = ["UserError", "label", "__version__"]

@@ -10,6 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from effnet_ray.console import NativeStderrFilter
 from effnet_ray.errors import UserError
 
 DEMO_MODEL = "efficientnet-lite0"
@@ -95,6 +96,12 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
                    "known to be gone)")
     p.add_argument("--fail-on-error", action="store_true", default=None,
                    help="exit non-zero when any image could not be labelled")
+    p.add_argument("--progress-seconds", type=float,
+                   help=_with_default("seconds between progress lines when stderr is not a "
+                                      "terminal (on a terminal: a live bar)",
+                                      "progress_seconds"))
+    p.add_argument("--verbose", action="store_true", default=None,
+                   help="show Ray's own INFO logs and progress output too")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,8 +223,11 @@ def _run_label(inputs: list[str], output: str, **given: object) -> object:
     from effnet_ray.job import run
     from effnet_ray.options import build_options
     from effnet_ray.preflight import prepare_run
+    from effnet_ray.progress import reporter_for
 
-    return run(prepare_run(build_options(inputs, output, **given)))
+    options = build_options(inputs, output, **given)
+    plan = prepare_run(options)
+    return run(plan, reporter_for(sys.stderr, options.run.progress_seconds))
 
 
 def label(args: argparse.Namespace) -> None:
@@ -306,9 +316,13 @@ def entry_point(argv: list[str] | None = None) -> None:
     (ray-project/ray#49088; seen once here as a stack trace and a non-zero exit), which would
     turn a successful run into a failed one. Ray is already shut down when main returns.
     """
+    argv = sys.argv[1:] if argv is None else argv
+    quiet = None if "--verbose" in argv else NativeStderrFilter()
     code = main(argv)
     sys.stdout.flush()
     sys.stderr.flush()
+    if quiet:
+        quiet.close()
     os._exit(code)
 
 

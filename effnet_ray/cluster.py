@@ -19,6 +19,7 @@ import time
 
 import ray
 
+from effnet_ray.console import quiet_ray
 from effnet_ray.errors import UserError
 from effnet_ray.pools import auto_actors, fitting_actors
 
@@ -46,6 +47,7 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
         raise UserError(f"cannot start or reach Ray at {address or 'local'}: "
                         f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
                         ) from exc
+    quiet_ray(verbose)
     return True
 
 

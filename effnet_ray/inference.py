@@ -164,7 +164,9 @@ class Classifier:
             parts.append(self.commit(batch, rows))
             classes.append(rows.column("class_id").drop_null())
             reasons.append(rows.column("error").drop_null())
-        return pa.table({"rows": [p.rows for p in parts], "errors": [p.errors for p in parts],
+        return pa.table({"uid": [p.uid for p in parts], "first": [p.first for p in parts],
+                         "last": [p.last for p in parts],
+                         "rows": [p.rows for p in parts], "errors": [p.errors for p in parts],
                          "classes": pa.array([c.to_pylist() for c in classes],
                                              pa.list_(pa.int32())),
                          "reasons": pa.array([r.to_pylist() for r in reasons],

@@ -24,6 +24,7 @@ from effnet_ray.lease import LeaseLost
 from effnet_ray.listing import Unit
 from effnet_ray.pools import actor_request
 from effnet_ray.preflight import RunPlan
+from effnet_ray.progress import LogLines, ProgressState, Reporter
 from effnet_ray.reading import ReadTask, read_units
 from effnet_ray.registry import load_class_names
 from effnet_ray.resume import Committed, end_run, scan, start_run, tidy
@@ -38,7 +39,6 @@ CONCURRENT_CALLS = 2
 # One block per unit would cost Ray ~2 ms a block (62,500 units of a million images: 2 min
 # before the first image); 1,000 blocks keep a big cluster's decoders busy and take seconds.
 MAX_READ_BLOCKS = 1000
-PROGRESS_SECONDS = 15
 # Peak of decoding one image (benchmarks/bench_decode_memory.py, Pillow 13): its bytes, plus
 # 8.0-8.5 bytes per pixel of the largest accepted image (decoded RGBX + the RGB copy), plus
 # the process; the base also holds a batch of preprocessed images (32 x 1.08 MB for B7).
@@ -158,12 +158,35 @@ def _pool(plan: RunPlan) -> int:
     return actors
 
 
-def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int) -> int:
-    """Run the pipeline over `units`; the rows committed, with a progress line now and then."""
+def _progress_state(plan: RunPlan, committed: Committed) -> tuple[ProgressState, set[str]]:
+    """What is known at the start: images listed (tar shards not read yet apart) and done."""
+    total = done = errors = 0
+    open_shards = set()
+    for unit in plan.units:
+        parts = committed.parts.get(unit.uid, {}).values()
+        before = sum(p.rows for p in parts)
+        done += before
+        errors += sum(p.errors for p in parts)
+        if unit.kind == "files":
+            total += len(unit.sources)
+        elif unit.kind == "parquet" and plan.shard_rows.get(unit.uid) is not None:
+            total += plan.shard_rows[unit.uid]
+        elif committed.complete(unit.uid, plan.options.read.batch_size):
+            total += before
+        else:
+            open_shards.add(unit.uid)
+    return ProgressState(done=done, total=total, errors=errors, shards_open=len(open_shards),
+                         done_at_start=done), open_shards
+
+
+def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int,
+           report: Reporter) -> tuple[int, Tally]:
+    """Run the pipeline over `units`; the rows committed, reported as they come."""
     options = plan.options
-    rows = errors = 0
+    rows = 0
     tally = Tally()
-    started = last_report = time.time()
+    state, open_shards = _progress_state(plan, committed)
+    report(state)
     try:
         with Watchdog(options.run.stall_timeout) as watchdog:
             try:
@@ -171,14 +194,11 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int) 
                         batch_size=None, batch_format="pyarrow"):
                     watchdog.committed()
                     rows += pc.sum(stats.column("rows")).as_py() or 0
-                    errors += pc.sum(stats.column("errors")).as_py() or 0
                     tally.add(stats)
+                    _advance(state, stats, open_shards)
+                    report(state)
                     if plan.lease.lost.is_set():
                         raise LeaseLost("another run took the output over")
-                    if time.time() - last_report >= PROGRESS_SECONDS:
-                        last_report = time.time()
-                        log.info("progress: %d images committed this run (%d errors), "
-                                 "%.2f images/s", rows, errors, rows / (last_report - started))
             except KeyboardInterrupt:
                 if not watchdog.fired:
                     raise
@@ -196,6 +216,16 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int) 
     return rows, tally
 
 
+def _advance(state: ProgressState, stats: pa.Table, open_shards: set[str]) -> None:
+    state.done += pc.sum(stats.column("rows")).as_py() or 0
+    state.errors += pc.sum(stats.column("errors")).as_py() or 0
+    for part in stats.select(["uid", "first", "last", "rows"]).to_pylist():
+        if part["last"] and part["uid"] in open_shards:  # now its length is known
+            open_shards.discard(part["uid"])
+            state.total += part["first"] + part["rows"]
+            state.shards_open = len(open_shards)
+
+
 def _root(exc: BaseException) -> BaseException:
     """The error under Ray's task-error wrappers."""
     for _ in range(8):
@@ -206,9 +236,11 @@ def _root(exc: BaseException) -> BaseException:
     return exc
 
 
-def run(plan: RunPlan) -> Summary:
+def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
     """Label what the plan's output does not hold yet; the plan's lease is released at the
-    end, whatever happens."""
+    end, whatever happens. `progress` is called with a `ProgressState` after every commit
+    (default: a log line every `--progress-seconds`)."""
+    report = progress or LogLines(plan.options.run.progress_seconds)
     options, fs, path = plan.options, plan.fs, plan.path
     batch_size = options.read.batch_size
     started = time.time()
@@ -225,19 +257,25 @@ def run(plan: RunPlan) -> Summary:
         if len(todo) < len(plan.units):
             log.info("resuming: %d of %d work units are done (%d images); skipping them",
                      len(plan.units) - len(todo), len(plan.units), committed.totals()[0])
-        owns_ray = start_ray(options.placement.address) if todo else False
+        owns_ray = start_ray(options.placement.address, options.run.verbose) if todo \
+            else False
         actors = _pool(plan) if todo else 0
         plan.lease.start_heartbeat()
         manifest = start_run(fs, path, plan.manifest, plan.identity, run_settings(plan))
         status, this_run = "failed", 0
         try:
-            this_run, tally = _label(plan, todo, committed, actors) if todo else (0, Tally())
+            this_run, tally = (_label(plan, todo, committed, actors, report) if todo
+                               else (0, Tally()))
             status = "complete"
         except KeyboardInterrupt:
             status = "interrupted"
             raise
         finally:
             missing = _finish(plan, manifest, status, this_run)
+            if hasattr(report, "close"):
+                final, _ = _progress_state(plan, scan(fs, path))
+                final.started, final.done_at_start = started, final.done - this_run
+                report.close(final)
     finally:
         if owns_ray:
             ray.shutdown()

@@ -82,6 +82,8 @@ class RunOptions:
     fail_on_error: bool = _option(False)
     stall_timeout: float = _option(900.0)  # seconds without a commit before the run stops
     break_lease: bool = _option(False)
+    progress_seconds: float = _option(15.0)  # between progress lines, off a terminal
+    verbose: bool = _option(False)  # Ray's own INFO logs and progress UI on the console
 
 
 GROUPS = {"read": ReadOptions, "inference": InferenceOptions, "placement": PlacementOptions,
@@ -166,7 +168,7 @@ def build_options(inputs: list[str] | tuple[str, ...], output: str, **given: obj
     for name, kind in (("top_k", int), ("batch_size", int), ("unit_size", int),
                        ("threads", int), ("max_pixels", int), ("max_bytes", int),
                        ("actor_cpus", float), ("actor_gpus", float),
-                       ("stall_timeout", float)):
+                       ("stall_timeout", float), ("progress_seconds", float)):
         if name in given:
             given[name] = _number(name, given[name], kind)
     storage = given.pop("storage_options", {})
@@ -200,6 +202,7 @@ def validate(options: LabelOptions) -> None:
         _positive(name, getattr(read, name))
     _positive("actor_cpus", place.actor_cpus)
     _positive("stall_timeout", run.stall_timeout)
+    _positive("progress_seconds", run.progress_seconds)
     pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
     if pillow_limit and read.max_pixels > pillow_limit:
         raise UserError(f"--max-pixels must be at most {pillow_limit} (Pillow's hard limit in "

@@ -32,7 +32,7 @@ from effnet_ray.options import PRECISIONS, LabelOptions
 from effnet_ray.output import check_place, clear
 from effnet_ray.registry import ModelSpec, get_spec
 from effnet_ray.resume import check_resumable
-from effnet_ray.shards import check_image_column
+from effnet_ray.shards import check_image_column, parquet_rows
 from effnet_ray.storage import display, is_local, open_fs, redact
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class RunPlan:
     path: str
     lease: Lease
     manifest: dict | None  # the manifest a resumed run continues
+    shard_rows: dict[str, int | None]  # rows of each Parquet unit, from its footer
 
     @property
     def output(self) -> str:
@@ -143,4 +144,6 @@ def prepare_run(options: LabelOptions) -> RunPlan:
         raise
     return RunPlan(options=options, spec=spec, model_path=model_path, ir_sha256=sha256,
                    random_weights=random_weights, units=units, fs=fs, path=path, lease=lease,
-                   manifest=manifest)
+                   manifest=manifest, shard_rows={u.uid: parquet_rows(u.uris[0],
+                                                                      options.storage_options)
+                                                  for u in units if u.kind == "parquet"})

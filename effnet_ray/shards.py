@@ -259,6 +259,17 @@ def check_image_column(uris: list[str], column: str, storage_options: dict | Non
         return
 
 
+def parquet_rows(uri: str, storage_options: dict | None) -> int | None:
+    """A Parquet shard's row count from its footer, for progress; None if unreadable."""
+    fs, path = open_fs(uri, storage_options)
+    try:
+        _open_regular(fs, path)
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    except Exception:  # its rows (or its own error row) will say what it holds
+        return None
+
+
 def _id_text(ident: object, row: int) -> str:
     if ident is None:
         return str(row)
