@@ -62,6 +62,11 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reader-resources", metavar="JSON",
                    help="Ray resources a decoding task needs")
     p.add_argument("--reader-labels", metavar="JSON", help="node labels a decoding task needs")
+    p.add_argument("--embeddings", action="store_true", default=None,
+                   help="add an embedding column: the pooled features that feed the "
+                   "classifier (2560 floats for B7, 1280 for Lite0), from the same inference")
+    p.add_argument("--no-logits", action="store_true", default=None,
+                   help="leave out the logits column (1000 floats a row) for smaller files")
     p.add_argument("--threads", type=int,
                    help=_with_default("OpenVINO threads per actor (0: all cores)", "threads"))
     p.add_argument("--unit-size", type=int,

@@ -23,7 +23,7 @@ import ray
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
 from effnet_ray.batch import ImageBatch
-from effnet_ray.ir import check_contract, default_cache_dir, local_ir, read_ir
+from effnet_ray.ir import check_contract, default_cache_dir, local_ir, pooled_features, read_ir
 from effnet_ray.options import PRECISIONS, InferenceOptions
 from effnet_ray.registry import ModelSpec, load_class_names
 from effnet_ray.writing import Part, result_table
@@ -85,6 +85,8 @@ def compile_model(options: InferenceOptions, spec: ModelSpec, model_file: ModelF
     path = local_ir(model_file.path, cache, model_file.storage_options, model_file.sha256)
     model = read_ir(path, core)
     check_contract(model, spec, model_file.path)
+    if options.embeddings:  # a second output of the same graph: no second inference
+        model.add_outputs([pooled_features(model, model_file.path)])
     gpus = [d for d in core.available_devices if d.startswith("GPU")]
     device = openvino_device(options.device, _ray_gpu_ids(), gpus)
     config = compile_settings(options)
@@ -137,23 +139,28 @@ class Classifier:
 
     @staticmethod
     def _finished(request: ov.InferRequest, userdata: tuple) -> None:
-        logits, row, countdown = userdata
-        logits[row] = request.get_output_tensor(0).data[0]
+        outputs, row, countdown = userdata
+        for index, array in enumerate(outputs):
+            array[row] = request.get_output_tensor(index).data.reshape(-1)
         countdown.done()
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        logits = np.zeros((len(images), self.spec.output.classes), dtype=np.float32)
+    def infer(self, images: np.ndarray) -> list[np.ndarray]:
+        """One array per compiled output (logits, then embeddings), a row per image."""
+        outputs = [np.zeros((len(images), int(np.prod(port.get_shape()[1:]))), np.float32)
+                   for port in self.compiled.outputs]
         countdown = _Countdown(len(images))
         for row in range(len(images)):
             with self.submit_lock:
-                self.queue.start_async({0: images[row:row + 1]}, (logits, row, countdown))
+                self.queue.start_async({0: images[row:row + 1]}, (outputs, row, countdown))
         if len(images):
             countdown.wait()
-        return logits
+        return outputs
 
     def label(self, batch: ImageBatch) -> pa.Table:
-        return result_table(batch, self.infer(batch.images), self.spec.name, self.class_names,
-                            self.options.top_k)
+        logits, *embeddings = self.infer(batch.images)
+        return result_table(batch, logits, self.spec.name, self.class_names,
+                            self.options.top_k, embeddings=embeddings[0] if embeddings else None,
+                            keep_logits=not self.options.no_logits)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         """Label and commit each batch (a row of `table`); return what was committed."""

@@ -97,6 +97,40 @@ def check_contract(model: ov.Model, spec: ModelSpec, source: str) -> None:
         raise UserError(f"{source}: this IR was prepared for {meta['model']}, not {spec.name}")
 
 
+# Ops between the classifier's matrix multiply and the logits (bias, casts, reshapes).
+_AFTER_CLASSIFIER = {"Add", "Convert", "Reshape", "Squeeze", "Unsqueeze", "Multiply"}
+
+
+def _is_constant(port: ov.Output) -> bool:
+    node = port.get_node()
+    while node.get_type_name() == "Convert":  # compressed weights are decompressed first
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "Constant"
+
+
+def pooled_features(model: ov.Model, source: str) -> ov.Output:
+    """The pooled features that feed the classifier: walk from the logits back to the
+    classifier's matrix multiply and take its data input. Works on any IR that fits a
+    contract (ours, or OMZ's converter's), whatever its node names."""
+    port = model.outputs[0].get_node().input_value(0)
+    for _ in range(16):
+        node = port.get_node()
+        kind = node.get_type_name()
+        if kind == "MatMul":
+            data = [v for v in node.input_values() if not _is_constant(v)]
+            if len(data) == 1:
+                return data[0]
+            break
+        if kind not in _AFTER_CLASSIFIER:
+            break
+        data = [v for v in node.input_values() if not _is_constant(v)]
+        if len(data) != 1:
+            break
+        port = data[0]
+    raise UserError(f"{source}: cannot find the classifier's matrix multiply behind the "
+                    "logits, so no embeddings can be taken from this IR")
+
+
 def metadata(model: ov.Model) -> dict:
     if not model.has_rt_info([META_KEY, "json"]):
         return {}

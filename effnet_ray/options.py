@@ -60,6 +60,8 @@ class InferenceOptions:
     precision: str = _option("auto", identity=True)
     top_k: int = _option(5, identity=True)
     threads: int = _option(0)  # 0: all cores
+    embeddings: bool = _option(False, identity=True)  # the pooled features, as a column
+    no_logits: bool = _option(False, identity=True)  # drop the 1000 logits
     cache_dir: str | None = _option(None)  # None: each machine's default cache
 
 

@@ -151,13 +151,20 @@ def check_resumable(fs: AbstractFileSystem, path: str, wanted: dict) -> dict | N
                             "manifest; pass --overwrite to start over")
         return None
     had = manifest.get("identity", {})
-    differ = [k for k in wanted if had.get(k) != wanted.get(k)]
+    # an option added since the output was made counts as its default there
+    differ = [k for k in wanted if had.get(k, _default(k)) != wanted.get(k)]
     if differ:
         what = "; ".join(f"{k}: {_show(had.get(k))} there, {_show(wanted.get(k))} now"
                          for k in differ)
         raise UserError(f"output {where} holds results made differently ({what}); rerun with "
                         "the same settings to resume, or pass --overwrite to start over")
     return manifest
+
+
+def _default(name: str) -> object:
+    from effnet_ray.options import default, option_names
+
+    return default(name) if name in option_names() else None
 
 
 def _show(value: object) -> str:

@@ -53,8 +53,10 @@ def reason_kind(error: str) -> str:
     return re.sub(REASON_DETAIL, "", error).strip()
 
 
-def output_schema(classes: int) -> pa.Schema:
-    return pa.schema([
+def output_schema(classes: int, embedding: int | None = None, logits: bool = True
+                  ) -> pa.Schema:
+    """The rows' columns; `logits` unless --no-logits, `embedding` with --embeddings."""
+    schema = pa.schema([
         ("path", pa.string()),
         ("model", pa.string()),
         ("class_id", pa.int32()),
@@ -69,6 +71,9 @@ def output_schema(classes: int) -> pa.Schema:
         ("input_size", pa.int64()),
         ("input_version", pa.string()),
     ])
+    if embedding:
+        schema = schema.append(pa.field("embedding", pa.list_(pa.float32(), embedding)))
+    return schema if logits else schema.remove(schema.get_field_index("logits"))
 
 
 def softmax_top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,9 +85,18 @@ def softmax_top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype(np.int32), np.take_along_axis(probs, ids, axis=1).astype(np.float32)
 
 
+def _per_row(values: np.ndarray, ok: np.ndarray) -> pa.Array:
+    """A fixed-size list per row: `values` (one row per good row) there, null on errors."""
+    every = np.zeros((len(ok), values.shape[1]), dtype=np.float32)
+    every[ok] = values
+    return pa.FixedSizeListArray.from_arrays(pa.array(every.ravel()), values.shape[1],
+                                             mask=pa.array(~ok))
+
+
 def result_table(batch: ImageBatch, logits: np.ndarray, model: str,
-                 class_names: tuple[str, ...], k: int) -> pa.Table:
-    """The batch's rows; `logits` has one row per image of the batch (its good rows).
+                 class_names: tuple[str, ...], k: int, embeddings: np.ndarray | None = None,
+                 keep_logits: bool = True) -> pa.Table:
+    """The batch's rows; `logits` (and `embeddings`) have one row per image of the batch.
 
     Rows with `error` set carry nulls in every model column. `source_label` and
     `source_metadata` carry what a WebDataset sample brought along (.cls or .txt, .json).
@@ -107,15 +121,20 @@ def result_table(batch: ImageBatch, logits: np.ndarray, model: str,
                                  pa.list_(pa.string())),
         "top_k_probs": pa.array(per_row([row.tolist() for row in probs]),
                                 pa.list_(pa.float32())),
-        "logits": pa.FixedSizeListArray.from_arrays(pa.array(every.ravel()), classes,
-                                                    mask=pa.array(~ok)),
+        "logits": _per_row(logits, ok),
         "error": pa.array(batch.errors, pa.string()),
         "source_label": pa.array(batch.source_labels, pa.string()),
         "source_metadata": pa.array(batch.source_metadata, pa.string()),
         "input_size": pa.array(batch.input_sizes, pa.int64()),
         "input_version": pa.array(batch.input_versions, pa.string()),
     }
-    return pa.Table.from_pydict(columns, schema=output_schema(classes))
+    size = None
+    if embeddings is not None:
+        size = embeddings.shape[1]
+        columns["embedding"] = _per_row(embeddings, ok)
+    if not keep_logits:
+        del columns["logits"]
+    return pa.Table.from_pydict(columns, schema=output_schema(classes, size, keep_logits))
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
