@@ -138,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_truth_options(evaluate)
     evaluate.add_argument("--json", action="store_true",
                           help="print one JSON object (fields: see the README)")
+    compact = sub.add_parser("compact", help="rewrite a finished output's small part files "
+                             "into files of about --target-size, sorted by path")
+    compact.add_argument("output", metavar="OUT", help="an output folder of `effnet-ray label`")
+    compact.add_argument("--target-size", default="256MB",
+                         help="bytes per file, e.g. 256MB or 1GiB (default 256MB)")
+    compact.add_argument("--storage-options", metavar="JSON",
+                         help="extra fsspec options for remote stores (never logged)")
+    compact.add_argument("--break-lease", action="store_true",
+                         help="take the output over from a run that holds it (only when that "
+                         "run is known to be gone)")
     report = sub.add_parser("report", help="one self-contained HTML page about an output")
     _add_truth_options(report)
     report.add_argument("--html", required=True, metavar="FILE", help="the page to write")
@@ -163,6 +173,18 @@ def evaluate(args: argparse.Namespace) -> None:
     result = run_evaluation(args.output, args.ground_truth,
                             parse_json_object("storage-options", args.storage_options))
     print(json.dumps(result.to_dict()) if args.json else describe(result))
+
+
+def compact(args: argparse.Namespace) -> None:
+    from effnet_ray.compaction import compact as run_compaction
+    from effnet_ray.compaction import parse_size
+    from effnet_ray.options import parse_json_object
+
+    files, rows = run_compaction(args.output, parse_size(args.target_size),
+                                 parse_json_object("storage-options", args.storage_options),
+                                 args.break_lease)
+    print(f"compacted {rows} rows into {files} files" if files
+          else f"nothing to compact: {rows} rows are compacted already")
 
 
 def report(args: argparse.Namespace) -> None:
@@ -293,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             (models_list if args.models_command == "list" else models_prepare)(args)
         else:
-            {"label": label, "demo": demo, "evaluate": evaluate, "report": report}[
-                args.command](args)
+            {"label": label, "demo": demo, "evaluate": evaluate, "report": report,
+             "compact": compact}[args.command](args)
     except UserError as exc:
         if debug and (exc.__cause__ or exc.__context__):
             traceback.print_exception(exc.__cause__ or exc.__context__, file=sys.stderr)

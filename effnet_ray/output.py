@@ -11,6 +11,7 @@ import os
 
 from fsspec.spec import AbstractFileSystem
 
+from effnet_ray.compaction import COMPACT, RECORD
 from effnet_ray.errors import UserError
 from effnet_ray.lease import LEASE
 from effnet_ray.listing import is_glob
@@ -28,8 +29,8 @@ from effnet_ray.writing import Part
 
 
 def is_ours(name: str) -> bool:
-    return (Part.parse(name) is not None or name in (MANIFEST, LEASE)
-            or name.startswith(TMP_PREFIX))
+    return (Part.parse(name) is not None or COMPACT.match(name) is not None
+            or name in (MANIFEST, LEASE, RECORD) or name.startswith(TMP_PREFIX))
 
 
 def _normal(fs: AbstractFileSystem, path: str) -> str:

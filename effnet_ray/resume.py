@@ -27,6 +27,16 @@ from importlib import metadata as package_metadata
 import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
+from effnet_ray.compaction import (
+    COMPACT,
+    RECORD,
+    CompactFile,
+    cut,
+    finish,
+    read_record,
+    read_rows,
+    staged,
+)
 from effnet_ray.errors import UserError
 from effnet_ray.lease import LEASE
 from effnet_ray.listing import Unit
@@ -45,6 +55,9 @@ class Committed:
     parts: dict[str, dict[int, Part]] = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)  # same rows committed twice
     leftovers: list[str] = field(default_factory=list)  # temporary files of a crashed write
+    record: list[CompactFile] = field(default_factory=list)  # `compact`'s files
+    compacted: dict[tuple[str, int], CompactFile] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)  # what the folder held when scanned
 
     def add(self, part: Part) -> None:
         starts = self.parts.setdefault(part.uid, {})
@@ -73,33 +86,60 @@ def scan(fs: AbstractFileSystem, path: str) -> Committed:
         fs.invalidate_cache()
         names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] \
             if fs.isdir(path) else []
+    committed.names = set(names)
+    with named_errors(display(fs, path)):
+        committed.record = read_record(fs, path) if RECORD in names else []
+    recorded = {f.name for f in committed.record}
+    pending = {staged(name) for name in recorded}
     for name in sorted(names):
         part = Part.parse(name)
         if part:
             committed.add(part)
-        elif name.startswith(TMP_PREFIX) and not name.startswith(TMP_PREFIX + LEASE):
+        elif COMPACT.match(name) and name not in recorded:
+            committed.leftovers.append(name)  # an earlier compaction's
+        elif (name.startswith(TMP_PREFIX) and not name.startswith(TMP_PREFIX + LEASE)
+              and name not in pending):
             committed.leftovers.append(name)  # the lease's own are its heartbeat's
+    for f in committed.record:
+        if f.name not in names and staged(f.name) not in names:
+            continue
+        for part in f.parts:  # a compacted part is done; a loose copy of it is extra
+            loose = committed.parts.get(part.uid, {}).get(part.first)
+            if loose is not None:
+                committed.duplicates.append(loose.name)
+            committed.parts.setdefault(part.uid, {})[part.first] = part
+            committed.compacted[(part.uid, part.first)] = f
     return committed
 
 
-def tidy(fs: AbstractFileSystem, path: str, committed: Committed, units: Iterable[Unit]
-         ) -> int:
+def tidy(fs: AbstractFileSystem, path: str, committed: Committed,
+         units: Iterable[Unit] | None) -> int:
     """Remove what must not count: crashed writes, duplicates, and parts of units that no
     longer exist although some of their images are still listed (a file added to or removed
     from their unit: those images are redone in their new unit). Parts whose images are all
     gone from the inputs stay: results are not thrown away because inputs were moved.
-    Returns how many parts went."""
-    units = list(units)
-    wanted = {u.uid for u in units}
-    stale = [c for uid in committed.parts if uid not in wanted
-             for c in committed.parts[uid].values()]
-    listed = {printable(redact(uri)) for u in units for uri in u.uris} if stale else set()
-    redo = [c for c in stale
-            if any(_is_listed(p, listed) for p in _paths(fs, f"{path}/{c.name}"))]
+    Parts inside `compact`'s files are cut out of them. Without `units` (compact itself),
+    only leftovers and duplicates go. Returns how many parts went."""
+    with named_errors(display(fs, path)):
+        finish(fs, path, committed.record, committed.names)
+    redo: list[Part] = []
+    if units is not None:
+        units = list(units)
+        wanted = {u.uid for u in units}
+        stale = [c for uid in committed.parts if uid not in wanted
+                 for c in committed.parts[uid].values()]
+        listed = {printable(redact(uri)) for u in units for uri in u.uris} if stale else set()
+        redo = [c for c in stale
+                if any(_is_listed(p, listed) for p in _paths(fs, path, committed, c))]
     for part in redo:
         del committed.parts[part.uid][part.first]
+    cut_out = {(p.uid, p.first) for p in redo if (p.uid, p.first) in committed.compacted}
+    if cut_out:
+        with named_errors(display(fs, path)):
+            committed.record = cut(fs, path, committed.record, cut_out)
+    loose = [c.name for c in redo if (c.uid, c.first) not in cut_out]
     with named_errors(display(fs, path)):
-        for name in committed.leftovers + committed.duplicates + [c.name for c in redo]:
+        for name in committed.leftovers + committed.duplicates + loose:
             try:
                 fs.rm_file(f"{path}/{name}")
             except FileNotFoundError:  # a retried write renamed it meanwhile
@@ -116,9 +156,15 @@ def _is_listed(row_path: str, listed: set[str]) -> bool:
     return any(SEPARATOR.join(parts[:i]) in listed for i in range(1, len(parts)))
 
 
-def _paths(fs: AbstractFileSystem, file: str) -> list[str]:
-    with named_errors(display(fs, file)), fs.open(file, "rb") as f:
-        return pq.read_table(f, columns=["path"]).column("path").to_pylist()
+def _paths(fs: AbstractFileSystem, folder: str, committed: Committed, part: Part
+           ) -> list[str]:
+    with named_errors(display(fs, folder)):
+        if (part.uid, part.first) in committed.compacted:
+            rows = read_rows(fs, folder, committed.compacted[(part.uid, part.first)], part,
+                             columns=["path"])
+            return rows.column("path").to_pylist()
+        with fs.open(f"{folder}/{part.name}", "rb") as f:
+            return pq.read_table(f, columns=["path"]).column("path").to_pylist()
 
 
 def read_manifest(fs: AbstractFileSystem, path: str) -> dict | None:
@@ -142,7 +188,7 @@ def check_resumable(fs: AbstractFileSystem, path: str, wanted: dict) -> dict | N
             names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] \
                 if fs.isdir(path) else []
         parquet = sorted(n for n in names if n.endswith(".parquet"))
-        foreign = [n for n in parquet if not Part.parse(n)]
+        foreign = [n for n in parquet if not (Part.parse(n) or COMPACT.match(n))]
         if foreign:
             raise UserError(f"output {where} holds Parquet files of another tool "
                             f"({', '.join(foreign[:3])}); choose an empty or new folder")

@@ -42,7 +42,8 @@ def test_identity_names_what_decides_the_rows():
     identity = build_options(["a", "b"], "out", top_k=3).identity()
     assert identity == {"inputs": ["a", "b"], "layout": "auto", "image_column": "image",
                         "id_column": "id", "unit_size": 64, "batch_size": 32,
-                        "model": "efficientnet-b7-pytorch", "precision": "auto", "top_k": 3}
+                        "model": "efficientnet-b7-pytorch", "precision": "auto", "top_k": 3,
+                        "embeddings": False, "no_logits": False}
 
 
 def test_every_flat_name_belongs_to_one_group():
