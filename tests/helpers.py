@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -126,3 +127,73 @@ def pids_where(proc_file, matches):
         except OSError:
             continue
     return pids
+
+
+def debian_tool(command, package=None):
+    """The path of a command from Debian's packages, installed here if missing (the tests run
+    as root in CI, where apt-get works)."""
+    import shutil
+
+    path = shutil.which(command)
+    if path is None:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package or command], check=True,
+                       capture_output=True)
+        path = shutil.which(command)
+    assert path, f"{command} could not be installed"
+    return path
+
+
+class FlakyProxy:
+    """A TCP proxy in front of the S3 server that can drop every connection for a while (a
+    bucket that blips) or hold each request for `delay` seconds (a store far away), on the
+    real network path."""
+
+    def __init__(self, port, delay=0.0):
+        self.target = ("127.0.0.1", port)
+        self.delay = delay
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.down = False
+        self.open = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            self.open += [client, upstream]
+            for a, b, wait in ((client, upstream, self.delay), (upstream, client, 0.0)):
+                threading.Thread(target=self._pump, args=(a, b, wait), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, wait):
+        try:
+            while data := src.recv(65536):
+                time.sleep(wait)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                s.close()
+
+    def blip(self, seconds):
+        self.down = True
+        for s in self.open:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.open = []
+        time.sleep(seconds)
+        self.down = False
+
+    def close(self):
+        self.server.close()

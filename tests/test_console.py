@@ -9,7 +9,7 @@ import time
 import pytest
 
 import effnet_ray
-from tests.helpers import CLI, ROOT, run_cli
+from tests.helpers import CLI, ROOT, debian_tool, run_cli
 
 RAY_NOISE = ("streaming_executor", "core_worker.cc", "Total Progress", "logging_progress",
              "Progress bars", "INFO", "tqdm is not installed")
@@ -22,14 +22,7 @@ def lite0(ir):
 
 @pytest.fixture(scope="module")
 def tmux():
-    path = shutil.which("tmux")
-    if path is None:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "tmux"], check=True,
-                       capture_output=True)
-        path = shutil.which("tmux")
-    assert path, "tmux could not be installed"
-    return path
+    return debian_tool("tmux")
 
 
 def test_a_terminal_shows_one_live_bar_and_no_ray_lines(tmux, many_photos, lite0_ir,

@@ -6,7 +6,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
 import tarfile
 
 import numpy as np
@@ -16,7 +15,7 @@ from PIL import Image, ImageOps
 
 from effnet_ray.cli import PHOTOS
 from effnet_ray.registry import load_wnids
-from tests.helpers import one_line_error, run_cli
+from tests.helpers import debian_tool, one_line_error, run_cli
 
 WNIDS = load_wnids("imagenet_2012.txt")
 # Ground truth the test decides: some right for Lite0, some wrong (chelsea is a tabby or
@@ -144,15 +143,7 @@ def test_label_ends_with_a_summary_of_classes_and_errors(labelled):
 
 @pytest.fixture(scope="module")
 def chromium():
-    """Debian's Chromium, installed here if missing (the tests run as root in CI)."""
-    path = shutil.which("chromium")
-    if path is None:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True,
-                       capture_output=True)
-        path = shutil.which("chromium")
-    assert path, "chromium could not be installed"
-    return path
+    return debian_tool("chromium")
 
 
 def test_report_renders_in_a_real_browser_with_nothing_from_the_network(labelled, chromium,

@@ -327,3 +327,50 @@ def test_http_inputs_are_read_only_sources(tmp_path, lite0_ir):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_unit_fetched_concurrently_from_a_slow_store_keeps_order_and_every_row(
+        s3, s3_env, monkeypatch):
+    """20 objects behind 50 ms of latency a request, one deleted after listing and one
+    empty: the rows come out in listing order, once each, the same as one at a time."""
+    from effnet_ray import reading
+    from effnet_ray.batch import ImageBatch
+    from effnet_ray.options import ReadOptions
+    from effnet_ray.reading import ReadTask, read_units
+    from effnet_ray.registry import get_spec
+    from tests.helpers import FlakyProxy
+
+    s3.mkdir("effnet-slow")
+    photos = sorted(p for p in PHOTOS.iterdir() if p.suffix != ".md")
+    for i in range(20):
+        s3.put(str(photos[i % len(photos)]), f"effnet-slow/u/{i:02d}.jpg")
+    s3.pipe("effnet-slow/u/05.jpg", b"")
+    proxy = FlakyProxy(int(s3_env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]), delay=0.05)
+    options = {"endpoint_url": f"http://127.0.0.1:{proxy.port}",
+               "key": s3_env["AWS_ACCESS_KEY_ID"], "secret": s3_env["AWS_SECRET_ACCESS_KEY"]}
+    try:
+        sources = list(list_sources(["s3://effnet-slow/u"], options=options))
+        s3.rm("effnet-slow/u/17.jpg")  # gone between listing and reading
+        task = ReadTask(ReadOptions(batch_size=8), get_spec("efficientnet-lite0"), options)
+        batch = {"kind": ["files"], "uris": [[s.uri for s in sources]],
+                 "sizes": [[s.size for s in sources]],
+                 "versions": [[s.version for s in sources]], "uid": ["0" * 16],
+                 "done": [[8]]}  # the second part is done: those objects are not fetched
+
+        def rows():
+            return [(p, e) for t in read_units(batch, task=task)
+                    for p, e in zip(*(lambda b: (b.paths, b.errors))(ImageBatch.from_arrow(t)),
+                                    strict=True)]
+
+        concurrent = rows()
+        monkeypatch.setattr(reading, "FETCH_OBJECTS", 1)
+        one_by_one = rows()
+    finally:
+        proxy.close()
+    expected = [f"s3://effnet-slow/u/{i:02d}.jpg" for i in range(20) if not 8 <= i < 16]
+    assert [p for p, _ in concurrent] == expected
+    assert concurrent == one_by_one
+    errors = dict(concurrent)
+    assert errors["s3://effnet-slow/u/05.jpg"] == "empty file"
+    assert "FileNotFoundError" in errors["s3://effnet-slow/u/17.jpg"]
+    assert sum(e is None for e in errors.values()) == len(expected) - 2

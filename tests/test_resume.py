@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -30,6 +29,7 @@ from effnet_ray.writing import Committer
 from tests.helpers import (
     CLI,
     IMAGES,
+    FlakyProxy,
     S3Requests,
     one_line_error,
     pids_where,
@@ -149,58 +149,6 @@ def test_a_killed_actor_is_replaced_and_the_run_completes(many_photos, reference
         assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()
     assert_same_results(rows_by_name(out), reference)
     assert manifest(out)["runs"][-1]["this_run"] == IMAGES
-
-
-class FlakyProxy:
-    """A TCP proxy in front of the S3 server that can drop every connection for a while:
-    a bucket that blips, on the real network path."""
-
-    def __init__(self, port):
-        self.target = ("127.0.0.1", port)
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.down = False
-        self.open = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            if self.down:
-                client.close()
-                continue
-            upstream = socket.create_connection(self.target)
-            self.open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                s.close()
-
-    def blip(self, seconds):
-        self.down = True
-        for s in self.open:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.open = []
-        time.sleep(seconds)
-        self.down = False
-
-    def close(self):
-        self.server.close()
 
 
 def _upload(s3, folder, prefix):
