@@ -40,8 +40,8 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device",
                    help=_with_default("OpenVINO device: CPU, GPU, GPU.N, AUTO...", "device"))
     p.add_argument("--precision",
-                   help=_with_default("f32, bf16, f16 or auto (the device's default)",
-                                      "precision"))
+                   help=_with_default("f32, bf16, f16, auto (the device's default) or int8 "
+                                      "(the model from `models quantize`)", "precision"))
     p.add_argument("--top-k", type=int, help=_with_default("classes kept per image", "top_k"))
     p.add_argument("--batch-size", type=int,
                    help=_with_default("images per inference-actor call, committed together as "
@@ -129,6 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="accept a --weights file whose checksum differs")
     prep.add_argument("--force", action="store_true", help="rebuild even if already prepared")
     prep.add_argument("--cache-dir")
+    quant = msub.add_parser("quantize", help="an INT8 IR calibrated on your photos, kept only "
+                            "if it agrees with its source on held-out photos")
+    quant.add_argument("name")
+    quant.add_argument("--calibration", nargs="+", required=True, metavar="INPUT",
+                       help="photos: any inputs `label` accepts (folders, shards, URIs)")
+    quant.add_argument("--model-path", help="the IR to quantize (default: the prepared one)")
+    quant.add_argument("--subset-size", type=int, default=300,
+                       help="calibration photos used (default 300); a fifth as many more "
+                       "are held out for the guard")
+    quant.add_argument("--min-agreement", type=float, default=0.9,
+                       help="least top-1 agreement with the source IR on held-out photos, "
+                       "0-1 (default 0.9; 0 turns the guard off)")
+    quant.add_argument("--output", help="folder for model.xml/.bin (default: beside the "
+                       "prepared model in the cache, NAME-int8)")
+    quant.add_argument("--cache-dir")
+    quant.add_argument("--storage-options", metavar="JSON",
+                       help="extra fsspec options for remote stores (never logged)")
     _add_label_options(sub.add_parser("label", help="label images, write Parquet"))
     demo = sub.add_parser("demo", help=f"label the bundled photos with {DEMO_MODEL}")
     demo.add_argument("--output", default=".demo-output")
@@ -203,13 +220,15 @@ def _cache(args: argparse.Namespace) -> Path:
 
 
 def models_list(args: argparse.Namespace) -> None:
-    from effnet_ray.ir import prepared_path
+    from effnet_ray.ir import int8_path, prepared_path
     from effnet_ray.registry import all_specs
 
     cache = _cache(args)
     for name, spec in all_specs().items():
         path = prepared_path(cache, name)
         state = f"prepared: {path}" if path.is_file() else "not prepared"
+        if int8_path(path).is_file():
+            state += f"; INT8: {int8_path(path)}"
         print(f"{name:28} {spec.input.layout} {spec.input.color} "
               f"{spec.input.width}x{spec.input.height}  {state}")
         print(f"{'':28} {spec.description}")
@@ -255,6 +274,28 @@ def _run_label(inputs: list[str], output: str, **given: object) -> object:
     options = build_options(inputs, output, **given)
     plan = prepare_run(options)
     return run(plan, reporter_for(sys.stderr, options.run.progress_seconds))
+
+
+def models_quantize(args: argparse.Namespace) -> None:
+    from effnet_ray.ir import int8_path, prepared_path
+    from effnet_ray.options import parse_json_object
+    from effnet_ray.quantize import quantize
+    from effnet_ray.registry import get_spec
+
+    spec = get_spec(args.name)
+    source = Path(args.model_path).expanduser().resolve() if args.model_path \
+        else prepared_path(_cache(args), spec.name)
+    if not source.is_file():
+        raise UserError(f"model {spec.name} is not prepared in {_cache(args)}: run "
+                        f"`effnet-ray models prepare {spec.name}` or pass --model-path")
+    dest = Path(args.output) / "model.xml" if args.output else int8_path(source)
+    path, guard = quantize(spec, source, args.calibration, dest, args.subset_size,
+                           args.min_agreement,
+                           parse_json_object("storage-options", args.storage_options))
+    checked = (f"; top-1 agrees with {source.name} on {guard.top1_agreement:.0%} of "
+               f"{guard.held_out} held-out photos, top-5 overlap {guard.top5_overlap:.0%}"
+               if guard.held_out else "")
+    print(f"{args.name} INT8: {path}{checked}")
 
 
 def label(args: argparse.Namespace) -> None:
@@ -313,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args([a for a in argv if a != "--debug"])
         if args.command == "models":
-            (models_list if args.models_command == "list" else models_prepare)(args)
+            {"list": models_list, "prepare": models_prepare,
+             "quantize": models_quantize}[args.models_command](args)
         else:
             {"label": label, "demo": demo, "evaluate": evaluate, "report": report,
              "compact": compact}[args.command](args)

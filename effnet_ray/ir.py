@@ -211,6 +211,11 @@ def prepared_path(cache: Path, name: str, random_seed: int | None = None) -> Pat
     return cache / "models" / folder / "model.xml"
 
 
+def int8_path(source: Path) -> Path:
+    """Where `models quantize` puts the INT8 IR of a prepared model: a folder beside it."""
+    return source.parent.with_name(source.parent.name + "-int8") / "model.xml"
+
+
 def local_ir(model_path: str, cache: Path, storage_options: dict | None = None,
              expected_sha256: str | None = None) -> Path:
     """A local, checksum-verified copy of the IR at `model_path` (a path or a store URI).

@@ -23,7 +23,8 @@ from effnet_ray.pools import check_node_labels, check_resources, get_pool, parse
 DEFAULT_MODEL = "efficientnet-b7-pytorch"
 LAYOUTS = ("auto", "files", "webdataset", "parquet")
 # precision name -> OpenVINO's INFERENCE_PRECISION_HINT (None: the device's default)
-PRECISIONS = {"auto": None, "f32": "f32", "bf16": "bf16", "f16": "f16"}
+# "int8": an INT8 IR from `models quantize`, run at the device's default for the rest
+PRECISIONS = {"auto": None, "f32": "f32", "bf16": "bf16", "f16": "f16", "int8": None}
 # Pillow's default decompression-bomb threshold, about 9459x9459
 MAX_PIXELS = 89_478_485
 MAX_BYTES = 128 * 2**20

@@ -20,6 +20,7 @@ from effnet_ray.errors import UserError
 from effnet_ray.ir import (
     check_contract,
     default_cache_dir,
+    int8_path,
     ir_sha256,
     local_ir,
     metadata,
@@ -28,7 +29,7 @@ from effnet_ray.ir import (
 )
 from effnet_ray.lease import Lease
 from effnet_ray.listing import Unit, list_sources, work_units
-from effnet_ray.options import PRECISIONS, LabelOptions
+from effnet_ray.options import LabelOptions
 from effnet_ray.output import check_place, clear
 from effnet_ray.registry import ModelSpec, get_spec
 from effnet_ray.resume import check_resumable
@@ -38,7 +39,7 @@ from effnet_ray.storage import display, is_local, open_fs, redact
 log = logging.getLogger(__name__)
 
 # precision -> the OPTIMIZATION_CAPABILITIES entry a device needs for it
-CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
+CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16", "int8": "INT8"}
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def check_device(device: str, precision: str) -> None:
         if name not in available and not any(a.startswith(name + ".") for a in available):
             raise UserError(f"device {name} is not available here (available: "
                             f"{', '.join(available)}); use --address to run on a cluster")
-    if PRECISIONS[precision] and ":" not in device and device != "AUTO":
+    if precision in CAPABILITY and ":" not in device and device != "AUTO":
         caps = core.get_property(device, "OPTIMIZATION_CAPABILITIES")
         if CAPABILITY[precision] not in caps:
             raise UserError(f"device {device} cannot infer in {precision} here "
@@ -98,6 +99,12 @@ def resolve_model(options: LabelOptions, spec: ModelSpec) -> tuple[str, str, boo
         fs, path = open_fs(inference.model_path, storage)
         model_path = str(Path(path).expanduser().resolve()) if is_local(fs) \
             else display(fs, path)
+    elif inference.precision == "int8":
+        model_path = str(int8_path(prepared_path(cache, spec.name)))
+        if not Path(model_path).is_file():
+            raise UserError(f"no INT8 model of {spec.name} in {cache}: run `effnet-ray models "
+                            f"quantize {spec.name} --calibration PHOTOS...` or pass "
+                            "--model-path")
     else:
         model_path = str(prepared_path(cache, spec.name))
         if not Path(model_path).is_file():
