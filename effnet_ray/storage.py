@@ -58,6 +58,7 @@ _TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeo
 _THROTTLING = {"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout",
                "RequestLimitExceeded", "TooManyRequestsException", "ServiceUnavailable"}
 T = TypeVar("T")
+_warned = False
 
 
 def protocol_of(uri: str) -> str:
@@ -198,9 +199,12 @@ def short_reason(exc: BaseException) -> str:
 def wait_or_raise(exc: Exception, attempt: int, fs: AbstractFileSystem | None) -> None:
     """The one retry policy: back off after a transient error, raise anything else and the
     last attempt's error."""
+    global _warned
     if attempt >= ATTEMPTS - 1 or not is_transient(exc, fs):
         raise exc
-    log.debug("transient store error, retrying: %s", short_reason(exc))
+    level = logging.DEBUG if _warned else logging.WARNING  # once a process, then quietly
+    _warned = True
+    log.log(level, "a store error that may pass, retrying: %s", short_reason(exc))
     time.sleep(FIRST_WAIT * 2**attempt * random.uniform(0.5, 1.5))
 
 

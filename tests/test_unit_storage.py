@@ -1,6 +1,7 @@
 """Storage: names, redaction, protocols and the sorting of errors; no Ray, no network."""
 
 import errno
+import logging
 import os
 
 import pytest
@@ -87,7 +88,7 @@ def test_a_local_error_is_never_transient():
     assert not is_transient(ConnectionResetError(), fs)
 
 
-def test_retrying_retries_transient_errors_only(monkeypatch):
+def test_retrying_retries_transient_errors_only(monkeypatch, caplog):
     monkeypatch.setattr("effnet_ray.storage.FIRST_WAIT", 0.0)
     calls = []
 
@@ -97,7 +98,11 @@ def test_retrying_retries_transient_errors_only(monkeypatch):
             raise ConnectionResetError()
         return "ok"
 
-    assert retrying(flaky) == "ok" and len(calls) == 3
+    monkeypatch.setattr("effnet_ray.storage._warned", False)
+    with caplog.at_level(logging.DEBUG, logger="effnet_ray.storage"):
+        assert retrying(flaky) == "ok" and len(calls) == 3
+    levels = [r.levelno for r in caplog.records]
+    assert levels == [logging.WARNING, logging.DEBUG]  # said once, then quietly
     calls.clear()
 
     def broken():
