@@ -33,7 +33,7 @@ from effnet_ray.options import LabelOptions
 from effnet_ray.output import check_place, clear
 from effnet_ray.registry import ModelSpec, get_spec
 from effnet_ray.resume import check_resumable
-from effnet_ray.shards import check_image_column, parquet_rows
+from effnet_ray.shards import read_footers
 from effnet_ray.storage import display, is_local, open_fs, redact
 
 log = logging.getLogger(__name__)
@@ -116,19 +116,21 @@ def resolve_model(options: LabelOptions, spec: ModelSpec) -> tuple[str, str, boo
     return model_path, ir_sha256(local), bool(metadata(model).get("random_weights"))
 
 
-def list_units(options: LabelOptions, exclude: str) -> tuple[Unit, ...]:
+def list_units(options: LabelOptions, exclude: str
+               ) -> tuple[tuple[Unit, ...], dict[str, int | None]]:
+    """The work units, and the rows of each Parquet unit from its shard's footer."""
     started = time.time()
     read = options.read
     units = tuple(work_units(list_sources(options.inputs, read.layout, options.storage_options,
                                           exclude=exclude), read.unit_size))
     if not units:
         raise UserError(f"no images found in {', '.join(redact(i) for i in options.inputs)}")
-    shards = [u.uris[0] for u in units if u.kind == "parquet"]
-    if shards:
-        check_image_column(shards, read.image_column, options.storage_options)
+    parquet = [u for u in units if u.kind == "parquet"]
+    footers = read_footers([u.uris[0] for u in parquet], read.image_column,
+                           options.storage_options)
     log.info("listed %d sources in %d work units (%.1f s)", sum(len(u.uris) for u in units),
              len(units), time.time() - started)
-    return units
+    return units, {u.uid: footers[u.uris[0]] for u in parquet}
 
 
 def prepare_run(options: LabelOptions) -> RunPlan:
@@ -139,7 +141,7 @@ def prepare_run(options: LabelOptions) -> RunPlan:
     fs, path = check_place(options.output, options.inputs, options.storage_options)
     lease = Lease.acquire(fs, path, options.run.break_lease)
     try:
-        units = list_units(options, path)
+        units, shard_rows = list_units(options, path)
         manifest = None
         identity = {**options.identity(), "ir_sha256": sha256}
         if options.run.overwrite:
@@ -151,6 +153,4 @@ def prepare_run(options: LabelOptions) -> RunPlan:
         raise
     return RunPlan(options=options, spec=spec, model_path=model_path, ir_sha256=sha256,
                    random_weights=random_weights, units=units, fs=fs, path=path, lease=lease,
-                   manifest=manifest, shard_rows={u.uid: parquet_rows(u.uris[0],
-                                                                      options.storage_options)
-                                                  for u in units if u.kind == "parquet"})
+                   manifest=manifest, shard_rows=shard_rows)

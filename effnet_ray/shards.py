@@ -237,37 +237,34 @@ def image_column_problem(schema: pa.Schema, column: str) -> str | None:
     return f"image column '{column}' holds {kind}, not image bytes"
 
 
-def check_image_column(uris: list[str], column: str, storage_options: dict | None) -> None:
-    """A wrong --image-column is an argument error, found on the first readable shard before
-    any work; unreadable shards are passed over here (each becomes its own row later)."""
+def read_footers(uris: list[str], column: str, storage_options: dict | None
+                 ) -> dict[str, int | None]:
+    """Each Parquet shard's row count from its footer (None if it cannot be read: its own
+    row will say why), read once before any work. A wrong --image-column is an argument
+    error, found on the first readable shard."""
+    rows: dict[str, int | None] = {}
+    checked = False
     for uri in uris:
         fs, path = open_fs(uri, storage_options)
         try:
             with named_errors(uri):
                 _open_regular(fs, path)
                 with fs.open(path, "rb") as f:
-                    schema = pq.ParquetFile(f).schema_arrow
+                    footer = pq.ParquetFile(f)
+                    schema, rows[uri] = footer.schema_arrow, footer.metadata.num_rows
         except UserError as exc:
             if str(exc).startswith("cannot reach"):
                 raise
+            rows[uri] = None
             continue
         except Exception:  # a corrupt file: its own row says so
+            rows[uri] = None
             continue
-        problem = image_column_problem(schema, column)
+        problem = None if checked else image_column_problem(schema, column)
         if problem:
             raise UserError(f"{redact(uri)} has {problem}; choose one with --image-column")
-        return
-
-
-def parquet_rows(uri: str, storage_options: dict | None) -> int | None:
-    """A Parquet shard's row count from its footer, for progress; None if unreadable."""
-    fs, path = open_fs(uri, storage_options)
-    try:
-        _open_regular(fs, path)
-        with fs.open(path, "rb") as f:
-            return pq.ParquetFile(f).metadata.num_rows
-    except Exception:  # its rows (or its own error row) will say what it holds
-        return None
+        checked = True
+    return rows
 
 
 def _id_text(ident: object, row: int) -> str:

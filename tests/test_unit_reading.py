@@ -21,7 +21,7 @@ from effnet_ray.errors import UserError
 from effnet_ray.options import ReadOptions
 from effnet_ray.reading import ReadTask, read_units
 from effnet_ray.registry import get_spec
-from effnet_ray.shards import check_image_column
+from effnet_ray.shards import read_footers
 from effnet_ray.storage import printable
 
 JPEG = (PHOTOS / "coffee.jpg").read_bytes()
@@ -252,7 +252,7 @@ def test_duplicate_and_null_ids_give_unique_paths(tmp_path):
 def test_a_string_image_column_is_an_argument_error(tmp_path):
     path = parquet(tmp_path, pa.table({"image": ["not bytes"], "id": [1]}))
     with pytest.raises(UserError, match="holds string, not image bytes"):
-        check_image_column([str(path)], "image", None)
+        read_footers([str(path)], "image", None)
     ((_, error),) = read("parquet", [path])
     assert "holds string" in error
 
@@ -260,9 +260,10 @@ def test_a_string_image_column_is_an_argument_error(tmp_path):
 def test_the_column_check_passes_over_a_corrupt_first_shard(tmp_path):
     (tmp_path / "a.parquet").write_bytes(b"PAR1 garbage")
     good = parquet(tmp_path, pa.table({"image": [JPEG]}), name="b.parquet")
-    check_image_column([str(tmp_path / "a.parquet"), str(good)], "image", None)
+    assert read_footers([str(tmp_path / "a.parquet"), str(good)], "image", None) == {
+        str(tmp_path / "a.parquet"): None, str(good): 1}
     with pytest.raises(UserError, match="no image column 'jpg'"):
-        check_image_column([str(tmp_path / "a.parquet"), str(good)], "jpg", None)
+        read_footers([str(tmp_path / "a.parquet"), str(good)], "jpg", None)
 
 
 def test_a_corrupt_page_is_a_shard_row_not_a_crash(tmp_path):
