@@ -183,7 +183,6 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int,
            report: Reporter) -> tuple[int, Tally]:
     """Run the pipeline over `units`; the rows committed, reported as they come."""
     options = plan.options
-    rows = 0
     tally = Tally()
     state, open_shards = _progress_state(plan, committed)
     report(state)
@@ -193,7 +192,6 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int,
                 for stats in build_dataset(plan, units, committed, actors).iter_batches(
                         batch_size=None, batch_format="pyarrow"):
                     watchdog.committed()
-                    rows += pc.sum(stats.column("rows")).as_py() or 0
                     tally.add(stats)
                     _advance(state, stats, open_shards)
                     report(state)
@@ -203,17 +201,18 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int,
                 if not watchdog.fired:
                     raise
                 raise UserError(f"nothing was committed for {options.run.stall_timeout:.0f} s "
-                                f"(after {rows} images), so the run stopped; rerun the same "
-                                "command to resume") from None
+                                f"(after {state.this_run} images), so the run stopped; rerun "
+                                "the same command to resume") from None
     except (ray.exceptions.RayError, LeaseLost) as exc:
         cause = _root(exc)
         if isinstance(cause, LeaseLost):
-            raise UserError(f"the run stopped after committing {rows} images: {cause}") from exc
+            raise UserError(f"the run stopped after committing {state.this_run} images: "
+                            f"{cause}") from exc
         if is_transient(cause) or isinstance(cause, (OSError, ray.exceptions.RayError)):
-            raise UserError(f"the run stopped after committing {rows} images: "
+            raise UserError(f"the run stopped after committing {state.this_run} images: "
                             f"{short_reason(cause)}; rerun the same command to resume") from exc
         raise
-    return rows, tally
+    return state.this_run, tally
 
 
 def _advance(state: ProgressState, stats: pa.Table, open_shards: set[str]) -> None:
@@ -271,11 +270,11 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
             status = "interrupted"
             raise
         finally:
-            missing = _finish(plan, manifest, status, this_run)
-            if hasattr(report, "close"):
-                final, _ = _progress_state(plan, scan(fs, path))
-                final.started, final.done_at_start = started, final.done - this_run
-                report.close(final)
+            missing, final = _finish(plan, manifest, status, this_run)
+            if hasattr(report, "close") and final is not None:
+                state, _ = _progress_state(plan, final)
+                state.started, state.done_at_start = started, state.done - this_run
+                report.close(state)
     finally:
         if owns_ray:
             ray.shutdown()
@@ -292,9 +291,10 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
 
 
 def _finish(plan: RunPlan, manifest: dict, status: str, this_run: int
-            ) -> tuple[int, int, int]:
-    """Tidy and record the run's end: (units without results, images, errors). A failure
-    here is logged, never raised over the error that ended the run."""
+            ) -> tuple[tuple[int, int, int], Committed | None]:
+    """Tidy and record the run's end: (units without results, images, errors) and what the
+    output holds now. A failure here is logged, never raised over the error that ended the
+    run."""
     fs, path = plan.fs, plan.path
     try:
         final = scan(fs, path)
@@ -306,12 +306,12 @@ def _finish(plan: RunPlan, manifest: dict, status: str, this_run: int
         images, errors = final.totals()
         end_run(fs, path, manifest, status, {"images": images, "errors": errors,
                                              "this_run": this_run})
-        return missing, images, errors
+        return (missing, images, errors), final
     except Exception as exc:
         if status == "complete":
             raise
         log.warning("could not record the run's end in the manifest: %s", short_reason(exc))
-        return 0, 0, 0
+        return (0, 0, 0), None
 
 
 def run_settings(plan: RunPlan) -> dict:

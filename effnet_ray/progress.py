@@ -28,9 +28,13 @@ class ProgressState:
     done_at_start: int = 0
 
     @property
+    def this_run(self) -> int:
+        return self.done - self.done_at_start
+
+    @property
     def rate(self) -> float:
         seconds = time.time() - self.started
-        return (self.done - self.done_at_start) / seconds if seconds > 0 else 0.0
+        return self.this_run / seconds if seconds > 0 else 0.0
 
     @property
     def eta_seconds(self) -> float | None:

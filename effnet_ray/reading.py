@@ -99,24 +99,28 @@ def describe(exc: BaseException) -> str:
     return f"unreadable object ({short_reason(exc)})"
 
 
+def within(data: bytes, limit: int) -> bytes:
+    """`data`, read up to one byte past `limit`, if it is not past it: a file or a store may
+    hold more than it said."""
+    if len(data) > limit:
+        raise ImageError(too_large(len(data), limit))
+    return data
+
+
 def read_local(path: str, limit: int) -> bytes:
     """At most `limit` bytes of a regular file; never blocks on a FIFO, never reads a device."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
-        mode = os.fstat(fd).st_mode
+        status = os.fstat(fd)
         for test, what in _SPECIAL:
-            if test(mode):
+            if test(status.st_mode):
                 raise ImageError(f"not a regular file ({what})")
-        size = os.fstat(fd).st_size
-        if size > limit:
-            raise ImageError(too_large(size, limit))
+        if status.st_size > limit:
+            raise ImageError(too_large(status.st_size, limit))
         with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(limit + 1)
+            return within(f.read(limit + 1), limit)
     finally:
         os.close(fd)
-    if len(data) > limit:
-        raise ImageError(too_large(len(data), limit))
-    return data
 
 
 def read_object(uri: str, size: int | None, task: ReadTask) -> bytes:
@@ -135,10 +139,7 @@ def read_object(uri: str, size: int | None, task: ReadTask) -> bytes:
     else:
         def fetch() -> bytes:
             return fs.cat_file(path, start=0, end=limit + 1)
-    data = retrying(fetch, fs)
-    if len(data) > limit:
-        raise ImageError(too_large(len(data), limit))
-    return data
+    return within(retrying(fetch, fs), limit)
 
 
 def _concurrent(uris: list[str], task: ReadTask) -> AbstractFileSystem | None:
