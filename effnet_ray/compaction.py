@@ -146,7 +146,7 @@ def cut(fs: AbstractFileSystem, folder: str, files: list[CompactFile],
     images are labelled again); returns the new record, already committed."""
     generation = uuid.uuid4().hex[:8]
     kept: list[CompactFile] = []
-    replaced = []
+    replaced, written = [], []
     for index, f in enumerate(files):
         if not any((p.uid, p.first) in drop for p in f.parts):
             kept.append(f)
@@ -163,9 +163,9 @@ def cut(fs: AbstractFileSystem, folder: str, files: list[CompactFile],
         per_row = fs.size(f"{folder}/{f.name}") / max(1, table.num_rows)
         _write(fs, folder, name, slices, table.schema, _group_rows(per_row))
         kept.append(CompactFile(name, parts))
+        written.append(name)
     write_record(fs, folder, kept)
-    names = {n.rsplit("/", 1)[-1] for n in fs.ls(folder, detail=False)}
-    finish(fs, folder, kept, names)
+    finish(fs, folder, kept, {staged(name) for name in written})
     for f in replaced:
         fs.rm_file(f"{folder}/{f.name}")
     return kept
@@ -190,8 +190,7 @@ def compact(out: str, target_size: int = DEFAULT_TARGET, storage_options: dict |
                             "same label command to finish it, then compact")
         committed = scan(fs, folder)
         tidy(fs, folder, committed, None)
-        files = read_record(fs, folder)
-        in_files = {(p.uid, p.first): f for f in files for p in f.parts}
+        files, in_files = committed.record, committed.compacted
         parts = [p for starts in committed.parts.values() for p in starts.values()]
         rows = sum(p.rows for p in parts)
         loose = [p for p in parts if (p.uid, p.first) not in in_files]
@@ -213,9 +212,9 @@ def compact(out: str, target_size: int = DEFAULT_TARGET, storage_options: dict |
 
         first_path = {}
         schemas = []
-        for part in parts:
+        for part in parts:  # a loose part's path column and footer, not its rows
             if (part.uid, part.first) in in_files:
-                table = read_rows(fs, folder, in_files[(part.uid, part.first)], part)
+                table = table_of(part)
                 schema = table.schema
             else:
                 with fs.open(f"{folder}/{part.name}", "rb") as handle:
