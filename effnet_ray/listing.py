@@ -29,7 +29,16 @@ from dataclasses import dataclass, field
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
-from effnet_ray.storage import display, is_local, named_errors, open_fs, redact, unreachable
+from effnet_ray.storage import (
+    display,
+    is_local,
+    named_errors,
+    open_fs,
+    protocol_of,
+    protocols,
+    redact,
+    unreachable,
+)
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff",
@@ -95,13 +104,15 @@ def _walk_local(root: str, exclude: str | None) -> list[_Entry]:
     """Every non-folder below `root`, links followed, each real folder once, sorted."""
     found: list[_Entry] = []
     seen: set[tuple[int, int]] = set()
+    if exclude and os.path.isdir(exclude):  # the output counts as a folder already walked
+        st = os.stat(exclude)
+        seen.add((st.st_dev, st.st_ino))
     stack = [root]
     while stack:
         folder = stack.pop()
         try:
             st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in seen or (exclude and os.path.realpath(folder)
-                                                  == exclude):
+            if (st.st_dev, st.st_ino) in seen:
                 continue
             seen.add((st.st_dev, st.st_ino))
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -203,11 +214,12 @@ def _classify(fs: AbstractFileSystem, entry: _Entry, layout: str, explicit: bool
 def list_sources(inputs: Iterable[str], layout: str = "auto", options: dict | None = None,
                  exclude: str | None = None) -> Iterator[Source]:
     """Every source once, in a stable order (inputs in the given order, files sorted).
-    `exclude` (the output folder, as its store names it) is never listed."""
+    `exclude` (the output folder: a local path or a URI) is never listed."""
     seen: set[str] = set()
     for item in inputs:
         fs, path = open_fs(item, options)
-        skip = os.path.realpath(exclude) if exclude and is_local(fs) else exclude
+        same_store = exclude and protocol_of(exclude) in protocols(fs)
+        skip = fs._strip_protocol(exclude) if same_store else None
         with named_errors(item):
             for entry, explicit in _matches(fs, path, item, skip):
                 kind = _classify(fs, entry, layout, explicit)

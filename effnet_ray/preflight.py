@@ -141,7 +141,7 @@ def prepare_run(options: LabelOptions) -> RunPlan:
     fs, path = check_place(options.output, options.inputs, options.storage_options)
     lease = Lease.acquire(fs, path, options.run.break_lease)
     try:
-        units, shard_rows = list_units(options, path)
+        units, shard_rows = list_units(options, display(fs, path))
         manifest = None
         identity = {**options.identity(), "ir_sha256": sha256}
         if options.run.overwrite:
