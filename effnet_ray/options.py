@@ -144,6 +144,13 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _numeric() -> dict[str, type]:
+    """Options whose fields are numbers, by their annotations: the type lives on the field."""
+    kinds = {"int": int, "float": float, "float | None": float}
+    return {f.name: kinds[f.type] for cls in GROUPS.values() for f in fields(cls)
+            if f.type in kinds}
+
+
 def _number(name: str, value: object, kind: type) -> Any:
     if isinstance(value, bool):
         raise UserError(f"{_flag(name)} must be a number, not {value}")
@@ -168,10 +175,7 @@ def build_options(inputs: list[str] | tuple[str, ...], output: str, **given: obj
             given[name] = parse_json_object(name.replace("_", "-"), given.get(name))
     if "actors" in given:
         given["actors"] = parse_actors(given["actors"])
-    for name, kind in (("top_k", int), ("batch_size", int), ("unit_size", int),
-                       ("threads", int), ("max_pixels", int), ("max_bytes", int),
-                       ("actor_cpus", float), ("actor_gpus", float),
-                       ("stall_timeout", float), ("progress_seconds", float)):
+    for name, kind in _numeric().items():
         if name in given:
             given[name] = _number(name, given[name], kind)
     storage = given.pop("storage_options", {})
