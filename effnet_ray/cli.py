@@ -85,8 +85,7 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-column",
                    help=_with_default("Parquet inputs: the id column, else row numbers",
                                       "id_column"))
-    p.add_argument("--storage-options", metavar="JSON",
-                   help="extra fsspec options for remote stores (never logged)")
+    _add_storage_option(p)
     p.add_argument("--max-pixels", type=int,
                    help=_with_default("larger images, decoded or resized, are error rows",
                                       "max_pixels"))
@@ -96,9 +95,7 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stall-timeout", type=float,
                    help=_with_default("seconds without a committed image before the run stops "
                                       "(a rerun resumes)", "stall_timeout"))
-    p.add_argument("--break-lease", action="store_true", default=None,
-                   help="take the output over from a run that holds it (only when that run is "
-                   "known to be gone)")
+    _add_break_lease(p)
     p.add_argument("--fail-on-error", action="store_true", default=None,
                    help="exit non-zero when any image could not be labelled")
     p.add_argument("--progress-seconds", type=float,
@@ -144,8 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--output", help="folder for model.xml/.bin (default: beside the "
                        "prepared model in the cache, NAME-int8)")
     quant.add_argument("--cache-dir")
-    quant.add_argument("--storage-options", metavar="JSON",
-                       help="extra fsspec options for remote stores (never logged)")
+    _add_storage_option(quant)
     _add_label_options(sub.add_parser("label", help="label images, write Parquet"))
     demo = sub.add_parser("demo", help=f"label the bundled photos with {DEMO_MODEL}")
     demo.add_argument("--output", default=".demo-output")
@@ -157,27 +153,38 @@ def build_parser() -> argparse.ArgumentParser:
                           help="print one JSON object (fields: see the README)")
     compact = sub.add_parser("compact", help="rewrite a finished output's small part files "
                              "into files of about --target-size, sorted by path")
-    compact.add_argument("output", metavar="OUT", help="an output folder of `effnet-ray label`")
+    _add_output_argument(compact)
     compact.add_argument("--target-size", default="256MB",
                          help="bytes per file, e.g. 256MB or 1GiB (default 256MB)")
-    compact.add_argument("--storage-options", metavar="JSON",
-                         help="extra fsspec options for remote stores (never logged)")
-    compact.add_argument("--break-lease", action="store_true",
-                         help="take the output over from a run that holds it (only when that "
-                         "run is known to be gone)")
+    _add_break_lease(compact)
     report = sub.add_parser("report", help="one self-contained HTML page about an output")
     _add_truth_options(report)
     report.add_argument("--html", required=True, metavar="FILE", help="the page to write")
     return parser
 
 
-def _add_truth_options(p: argparse.ArgumentParser) -> None:
+def _add_storage_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-options", metavar="JSON",
+                   help="extra fsspec options for remote stores (never logged)")
+
+
+def _add_break_lease(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--break-lease", action="store_true", default=None,
+                   help="take the output over from a run that holds it (only when that run is "
+                   "known to be gone)")
+
+
+def _add_output_argument(p: argparse.ArgumentParser) -> None:
+    """OUT and the options to reach it, for the commands that read an output."""
     p.add_argument("output", metavar="OUT", help="an output folder of `effnet-ray label`")
+    _add_storage_option(p)
+
+
+def _add_truth_options(p: argparse.ArgumentParser) -> None:
+    _add_output_argument(p)
     p.add_argument("--ground-truth", metavar="FILE",
                    help="CSV with path and class_id columns, or ImageNet's `NAME CLASS_ID` "
                    "lines (default: WebDataset .cls and ImageNet class folders only)")
-    p.add_argument("--storage-options", metavar="JSON",
-                   help="extra fsspec options for remote stores (never logged)")
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -199,7 +206,7 @@ def compact(args: argparse.Namespace) -> None:
 
     files, rows = run_compaction(args.output, parse_size(args.target_size),
                                  parse_json_object("storage-options", args.storage_options),
-                                 args.break_lease)
+                                 bool(args.break_lease))
     print(f"compacted {rows} rows into {files} files" if files
           else f"nothing to compact: {rows} rows are compacted already")
 

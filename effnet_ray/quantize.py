@@ -42,7 +42,8 @@ def calibration_images(inputs: list[str], spec: ModelSpec, storage_options: dict
     used."""
     task = ReadTask(ReadOptions(), spec, storage_options)
     images, unusable = [], 0
-    for unit in work_units(list_sources(inputs, options=storage_options), 64):
+    for unit in work_units(list_sources(inputs, options=storage_options),
+                           task.options.unit_size):
         samples = unit_samples(unit.kind, list(unit.uris),
                                [s.size for s in unit.sources],
                                [s.version for s in unit.sources], task, lambda i: False)

@@ -26,10 +26,10 @@ import pyarrow.compute as pc
 from effnet_ray.errors import UserError
 from effnet_ray.evaluate import COLUMNS, Evaluation, evaluate_table, read_output
 from effnet_ray.listing import SHARD_KINDS, suffix
-from effnet_ray.options import MAX_BYTES, MAX_PIXELS, ReadOptions
+from effnet_ray.options import MAX_PIXELS, ReadOptions
 from effnet_ray.preprocessing import decode
 from effnet_ray.reading import ReadTask, read_object
-from effnet_ray.registry import get_spec
+from effnet_ray.registry import ModelSpec, get_spec
 from effnet_ray.resume import read_manifest
 from effnet_ray.shards import SEPARATOR
 from effnet_ray.storage import local_path, open_fs, put_atomic, redact
@@ -89,12 +89,12 @@ def _shard_of(path: str) -> str | None:
     return None
 
 
-def fetch(paths: list[str], storage_options: dict | None = None) -> dict[str, bytes]:
+def fetch(paths: list[str], spec: ModelSpec, storage_options: dict | None = None
+          ) -> dict[str, bytes]:
     """The bytes of the inputs behind output paths, where they can still be read."""
     from effnet_ray.shards import parquet_samples, tar_samples
 
-    task = ReadTask(ReadOptions(max_bytes=MAX_BYTES), get_spec("efficientnet-lite0"),
-                    storage_options)
+    task = ReadTask(ReadOptions(), spec, storage_options)
     found: dict[str, bytes] = {}
     by_shard: dict[str, set[str]] = defaultdict(set)
     for path in paths:
@@ -208,7 +208,8 @@ def build_html(out: str, table: pa.Table, evaluation: Evaluation, manifest: dict
         examples[c] = labelled.take(pa.array(best, pa.int64())).to_pylist()
     wanted = [r["path"] for r in least_rows] + [r["path"] for rs in examples.values()
                                                 for r in rs]
-    images = {p: t for p, data in fetch(wanted, storage_options).items()
+    spec = get_spec(evaluation.model)
+    images = {p: t for p, data in fetch(wanted, spec, storage_options).items()
               if (t := thumbnail(data))}
     reasons = _reasons(table.column("error"))
     runs = _runs(manifest)
