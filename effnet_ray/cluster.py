@@ -25,7 +25,12 @@ from effnet_ray.pools import auto_actors, fitting_actors
 
 log = logging.getLogger(__name__)
 
-READER_CPUS = 1.0
+# Two decoding tasks per CPU Ray has free for them. The inference threads use every core of
+# a node, so decoding at one task per free CPU could never use more than those CPUs, and
+# becomes the bottleneck as soon as inference is cheap (a small model, INT8, a GPU); the
+# second task also fills the gaps of the first (its start, its reads, handing over a batch).
+# Decoding that runs ahead of inference is stopped by Ray Data's backpressure.
+READER_CPUS = 0.5
 REACH_SECONDS = 5.0
 # Seconds without a commit after which a run says what it waits for (then every as often).
 QUIET_SECONDS = 120.0

@@ -32,7 +32,7 @@ from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
 from effnet_ray.storage import TMP_PREFIX, named_errors, open_fs, put_atomic, redact
-from effnet_ray.writing import Part
+from effnet_ray.writing import Part, parquet_options
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _write(fs: AbstractFileSystem, folder: str, name: str, tables: Iterable[pa.T
     """One file; parts are gathered into row groups of `group_rows` (a row group per part
     would make readers scan tens of thousands of tiny groups)."""
     with fs.open(f"{folder}/{staged(name)}", "wb") as handle, \
-            pq.ParquetWriter(handle, schema) as writer:
+            pq.ParquetWriter(handle, schema, **parquet_options(schema)) as writer:
         pending, count = [], 0
         for table in tables:
             pending.append(_conform(table, schema))

@@ -9,6 +9,7 @@ infer+commit -> summary.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 # Batches an actor holds at once: one being inferred while the next is unpacked, so the
 # request queue never runs dry between batches.
 CONCURRENT_CALLS = 2
+# Work units per decoding task, at least: Ray Data takes ~0.1 s to notice that a task ended
+# and start the next (ray.wait timeouts in its executor), so a unit of 64 small photos per
+# task would leave a decoder idle for a third of its time.
+UNITS_PER_TASK = 8
+# Decoding tasks per CPU of the cluster, at least, so the last tasks end close together.
+TASKS_PER_CPU = 2
 # One block per unit would cost Ray ~2 ms a block (62,500 units of a million images: 2 min
 # before the first image); 1,000 blocks keep a big cluster's decoders busy and take seconds.
 MAX_READ_BLOCKS = 1000
@@ -98,11 +105,22 @@ def _items(units: list[Unit], committed: Committed) -> list[dict]:
              "done": committed.done_starts(u.uid)} for u in units]
 
 
+def read_tasks(units: int, cpus: float) -> int:
+    """How many decoding tasks share `units` work units on a cluster of `cpus` CPUs."""
+    wanted = max(math.ceil(units / UNITS_PER_TASK), math.ceil(TASKS_PER_CPU * cpus))
+    return max(1, min(units, wanted, MAX_READ_BLOCKS))
+
+
 def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, actors: int
                   ) -> ray.data.Dataset:
     options, place = plan.options, plan.options.placement
     items = _items(units, committed)
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_READ_BLOCKS))
+    ds = ray.data.from_items(items, override_num_blocks=read_tasks(
+        len(items), ray.cluster_resources().get("CPU", 1)))
+    # Every batch a decoding task yields is a block of its own, so it reaches the actors as
+    # soon as it is decoded rather than with the rest of its task's (Ray Data would gather
+    # yields into blocks of up to 128 MiB: a whole task's output, for a small model).
+    ds.context.target_max_block_size = 1
     # The memory reservation bounds decoding per node and, being unlike the actors'
     # arguments, keeps Ray Data from fusing decoding into the actors, where it would stall
     # inference.

@@ -110,3 +110,13 @@ def test_pillow_global_limit_is_left_alone():
     import effnet_ray.preprocessing  # noqa: F401
 
     assert Image.MAX_IMAGE_PIXELS == before and before is not None
+
+
+def test_decoding_tasks_hold_several_units_yet_keep_every_cpu_busy():
+    from effnet_ray.job import MAX_READ_BLOCKS, read_tasks
+
+    assert read_tasks(75, 2) == 10  # 8 units a task
+    assert read_tasks(10, 2) == 4  # 2 tasks a CPU, smaller ones
+    assert read_tasks(3, 64) == 3  # never more tasks than units
+    assert read_tasks(10**6, 10_000) == MAX_READ_BLOCKS
+    assert read_tasks(0, 2) == 1

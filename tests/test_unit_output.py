@@ -19,7 +19,7 @@ from effnet_ray.output import check_place, clear
 from effnet_ray.registry import load_class_names
 from effnet_ray.resume import scan, tidy
 from effnet_ray.storage import open_fs, put_atomic
-from effnet_ray.writing import Committer, Part, parquet_bytes, result_table
+from effnet_ray.writing import Committer, Part, parquet_bytes, result_table, top_k_ids
 
 NAMES = load_class_names("imagenet_2012.txt")
 
@@ -66,6 +66,32 @@ def test_result_rows_put_logits_on_good_rows_and_nulls_on_errors():
     assert probs == sorted(probs, reverse=True) and probs[0] > 0.8
     assert result_table(batch([]), np.zeros((0, 1000), np.float32), "m", NAMES, 5
                         ).num_rows == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_top_k_is_a_stable_descending_argsort_cut_to_k(seed):
+    """Reference: numpy's full stable argsort; integer scores make ties at the k-th place."""
+    rng = np.random.default_rng(seed)
+    rows, classes = int(rng.integers(1, 40)), int(rng.integers(1, 60))
+    scores = (rng.integers(-3, 4, (rows, classes)) if seed % 2
+              else rng.normal(size=(rows, classes))).astype(np.float32)
+    for k in (1, 3, 5, classes, classes + 2):
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(top_k_ids(scores, k), expected)
+
+
+def test_parts_dictionary_encode_strings_and_not_floats():
+    import pyarrow.parquet as pq
+
+    logits = np.random.default_rng(0).normal(size=(3, 1000)).astype(np.float32)
+    data = parquet_bytes(result_table(batch([None, None, None]), logits, "m", NAMES, 5))
+    meta = pq.ParquetFile(pa.BufferReader(data)).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings
+                 for i in range(meta.num_columns)}
+    assert "RLE_DICTIONARY" in encodings["label"]
+    assert "RLE_DICTIONARY" in encodings["top_k_labels.list.element"]
+    assert "RLE_DICTIONARY" not in encodings["logits.list.element"]
+    assert "RLE_DICTIONARY" not in encodings["top_k_probs.list.element"]
 
 
 # --- part names and what is done ---------------------------------------------------------

@@ -1,0 +1,99 @@
+"""What `label` is measured against: OpenVINO alone, fed random data by benchmark_app or the
+same preprocessed photos through the model the actors compile; decoding's CPU cost; and
+ImageNet-like photos to feed both."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+from PIL import Image
+
+from effnet_ray.cli import PHOTOS
+from effnet_ray.inference import ModelFile, compile_model
+from effnet_ray.ir import ir_sha256
+from effnet_ray.listing import IMAGE_EXTENSIONS
+from effnet_ray.options import InferenceOptions
+from effnet_ray.preprocessing import preprocess_bytes
+from effnet_ray.registry import ModelSpec
+
+
+def cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    return "unknown CPU"
+
+
+def benchmark_app(model_path: Path, precision: str = "auto", seconds: int = 20,
+                  device: str = "CPU") -> float:
+    """benchmark_app's saturated throughput (THROUGHPUT hint, random input data)."""
+    cmd = [str(Path(sys.executable).parent / "benchmark_app"), "-m", str(model_path), "-d",
+           device, "-hint", "throughput", "-t", str(seconds)]
+    if precision != "auto":
+        from effnet_ray.options import PRECISIONS
+
+        if PRECISIONS.get(precision):
+            cmd += ["-infer_precision", PRECISIONS[precision]]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"Throughput:\s+([\d.]+) FPS", out).group(1))
+
+
+def openvino_on_photos(model_path: Path, spec: ModelSpec, images: np.ndarray,
+                       precision: str = "auto", seconds: float = 20.0) -> float:
+    """Images/s of the model exactly as an actor compiles it (uint8 input, same hints),
+    fed the preprocessed photos round and round for `seconds`: OpenVINO alone, no Ray."""
+    options = InferenceOptions(model=spec.name, precision=precision)
+    compiled = compile_model(options, spec, ModelFile(str(model_path), ir_sha256(model_path)))
+    queue = ov.AsyncInferQueue(compiled, compiled.get_property(
+        "OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    for i in range(len(queue)):  # warm-up: first inferences allocate
+        queue.start_async({0: images[i % len(images)][None]})
+    queue.wait_all()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        queue.start_async({0: images[done % len(images)][None]})
+        done += 1
+    queue.wait_all()
+    return done / (time.perf_counter() - started)
+
+
+def imagenet_like(folder: Path, count: int, size: tuple[int, int] = (500, 375),
+                  quality: int = 90) -> Path:
+    """`count` distinct JPEGs shaped like ImageNet's typical photo: seeded crops, flips
+    and scales of the bundled photos, each saved at `size` and `quality`."""
+    rng = np.random.default_rng(0)
+    photos = [Image.open(p).convert("RGB") for p in sorted(PHOTOS.iterdir())
+              if p.suffix in IMAGE_EXTENSIONS]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        scale = rng.uniform(0.6, 1.0)
+        cw, ch = int(w * scale), int(h * scale)
+        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        image = photo.crop((left, top, left + cw, top + ch)).resize(size, Image.BILINEAR)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        image.save(folder / f"{i:06d}.jpg", quality=quality)
+    return folder
+
+
+def decode_seconds(folder: Path, spec: ModelSpec, count: int = 400) -> float:
+    """CPU seconds to decode and preprocess one photo in one process (contract steps)."""
+    files = sorted(folder.iterdir())[:count]
+    data = [f.read_bytes() for f in files]
+    preprocess_bytes(data[0], spec)
+    started = time.process_time()
+    for blob in data:
+        preprocess_bytes(blob, spec)
+    return (time.process_time() - started) / len(data)
+
+
+def preprocessed(folder: Path, spec: ModelSpec, count: int = 64) -> np.ndarray:
+    return np.stack([preprocess_bytes(f.read_bytes(), spec)
+                     for f in sorted(folder.iterdir())[:count]])

@@ -1,0 +1,95 @@
+"""Benchmark: how much of the machine `label` turns into images/s when inference is cheap.
+
+EfficientNet-Lite0 (real weights) on ImageNet-like JPEGs (500x375, quality 90). The ceiling
+is what the cores could do if nothing but decoding and inference cost anything:
+cores / (decode + cores / openvino), with decode the CPU seconds per photo in one process and
+openvino the images/s of OpenVINO alone on these preprocessed photos. `label`'s steady state
+is (big - small) / (t(big) - t(small)) over whole CLI runs, so start-up cancels out.
+
+    .venv/bin/python benchmarks/bench_pipeline.py [--small 1000] [--big 4000] [--repeats 1]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from anchors import (  # noqa: E402
+    benchmark_app,
+    cpu,
+    decode_seconds,
+    imagenet_like,
+    openvino_on_photos,
+    preprocessed,
+)
+
+from effnet_ray.cli import prepare_model  # noqa: E402
+from effnet_ray.ir import default_cache_dir  # noqa: E402
+from effnet_ray.registry import get_spec  # noqa: E402
+
+MODEL = "efficientnet-lite0"
+
+
+def label_seconds(folder: Path, out: Path, extra: list[str]) -> float:
+    cmd = [str(Path(sys.executable).parent / "effnet-ray"), "label", str(folder), "-o", str(out),
+           "--model", MODEL, *extra]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    return time.perf_counter() - started
+
+
+def subset(source: Path, folder: Path, count: int) -> Path:
+    folder.mkdir()
+    for f in sorted(source.iterdir())[:count]:
+        os.link(f, folder / f.name)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", type=int, default=1000)
+    parser.add_argument("--big", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=1, help="small/big pairs to average")
+    parser.add_argument("--seconds", type=int, default=15, help="each OpenVINO-alone run")
+    parser.add_argument("label_args", nargs="*", help="more `label` options, after --")
+    args = parser.parse_args()
+    spec = get_spec(MODEL)
+    model = prepare_model(MODEL, default_cache_dir())
+    cores = os.cpu_count()
+    print(f"{MODEL} (real weights) on {cpu()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        photos = imagenet_like(root / "photos", args.big)
+        small = subset(photos, root / "small", args.small)
+        decode = decode_seconds(photos, spec)
+        images = preprocessed(photos, spec)
+        app = benchmark_app(model, seconds=args.seconds)
+        alone = [openvino_on_photos(model, spec, images, seconds=args.seconds)]
+        rates = []
+        for i in range(args.repeats):
+            t_small = label_seconds(small, root / f"out-small-{i}", args.label_args)
+            t_big = label_seconds(photos, root / f"out-big-{i}", args.label_args)
+            rates.append((args.big - args.small) / (t_big - t_small))
+            print(f"label {args.small} photos: {t_small:.1f} s; {args.big}: {t_big:.1f} s; "
+                  f"steady state {rates[-1]:.1f} img/s", flush=True)
+        alone.append(openvino_on_photos(model, spec, images, seconds=args.seconds))
+    openvino = sum(alone) / len(alone)
+    ceiling = cores / (decode + cores / openvino)
+    steady = sum(rates) / len(rates)
+    print(f"\ndecode + preprocess, one process: {decode * 1000:.2f} ms of CPU per photo")
+    print(f"benchmark_app (random data): {app:.1f} img/s; OpenVINO alone on these photos: "
+          f"{openvino:.1f} img/s (before {alone[0]:.1f}, after {alone[1]:.1f})")
+    print(f"ceiling {cores} / ({decode:.4f} + {cores} / {openvino:.1f}) = {ceiling:.1f} img/s")
+    print(f"label steady state: {steady:.1f} img/s")
+    print(f"pipeline efficiency, label / ceiling: {steady / ceiling:.3f}")
+
+
+if __name__ == "__main__":
+    main()
