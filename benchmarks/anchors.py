@@ -97,3 +97,65 @@ def decode_seconds(folder: Path, spec: ModelSpec, count: int = 400) -> float:
 def preprocessed(folder: Path, spec: ModelSpec, count: int = 64) -> np.ndarray:
     return np.stack([preprocess_bytes(f.read_bytes(), spec)
                      for f in sorted(folder.iterdir())[:count]])
+
+
+def _cpu_by_process() -> dict[int, tuple[float, str]]:
+    """CPU seconds so far and a name, for every process on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        found[int(pid)] = ((int(fields[11]) + int(fields[12])) / tick,
+                           _stage(name or stat.split("(", 1)[1].split(")")[0]))
+    return found
+
+
+def _stage(command: str) -> str:
+    if "read_units" in command:
+        return "decoding tasks"
+    if "Classifier" in command:
+        return "inference actors"
+    if "effnet-ray label" in command:
+        return "driver"
+    if "ray" in command:
+        return "Ray's own processes"
+    return "everything else"
+
+
+def committed_images(output: Path) -> int:
+    """Rows committed so far, from the part names alone (as `resume.scan` reads them)."""
+    from effnet_ray.writing import Part
+
+    try:
+        return sum(part.rows for name in os.listdir(output) if (part := Part.parse(name)))
+    except FileNotFoundError:
+        return 0
+
+
+def run_with_stage_cpu(cmd: list[str], output: Path, total: int) -> tuple[float, dict]:
+    """Run a `label` command; its wall seconds and, over the middle of its steady state
+    (from 25% to 85% of the images committed), CPU milliseconds per image by stage."""
+    samples = []
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        samples.append((committed_images(output), time.perf_counter(), _cpu_by_process()))
+        time.sleep(0.25)
+    seconds = time.perf_counter() - started
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr.read()}")
+    window = [s for s in samples if 0.25 * total <= s[0] <= 0.85 * total]
+    if len(window) < 2 or window[-1][0] == window[0][0]:
+        return seconds, {}
+    (first, t0, before), (last, t1, after) = window[0], window[-1]
+    images, stages = last - first, {}
+    for pid, (cpu, stage) in after.items():
+        stages[stage] = stages.get(stage, 0.0) + cpu - before.get(pid, (0.0, ""))[0]
+    per_image = {stage: 1000 * cpu / images for stage, cpu in stages.items()}
+    per_image["images/s in the window"] = images / (t1 - t0)
+    return seconds, per_image

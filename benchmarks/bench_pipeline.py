@@ -11,10 +11,8 @@ is (big - small) / (t(big) - t(small)) over whole CLI runs, so start-up cancels 
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,6 +24,7 @@ from anchors import (  # noqa: E402
     imagenet_like,
     openvino_on_photos,
     preprocessed,
+    run_with_stage_cpu,
 )
 
 from effnet_ray.cli import prepare_model  # noqa: E402
@@ -35,14 +34,11 @@ from effnet_ray.registry import get_spec  # noqa: E402
 MODEL = "efficientnet-lite0"
 
 
-def label_seconds(folder: Path, out: Path, extra: list[str]) -> float:
+def label_run(folder: Path, out: Path, extra: list[str]) -> tuple[float, dict]:
+    """Wall seconds of a whole CLI run, and CPU ms per image by stage in its steady state."""
     cmd = [str(Path(sys.executable).parent / "effnet-ray"), "label", str(folder), "-o", str(out),
            "--model", MODEL, *extra]
-    started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr}")
-    return time.perf_counter() - started
+    return run_with_stage_cpu(cmd, out, len(os.listdir(folder)))
 
 
 def subset(source: Path, folder: Path, count: int) -> Path:
@@ -74,8 +70,8 @@ def main() -> None:
         alone = [openvino_on_photos(model, spec, images, seconds=args.seconds)]
         rates = []
         for i in range(args.repeats):
-            t_small = label_seconds(small, root / f"out-small-{i}", args.label_args)
-            t_big = label_seconds(photos, root / f"out-big-{i}", args.label_args)
+            t_small, _ = label_run(small, root / f"out-small-{i}", args.label_args)
+            t_big, stages = label_run(photos, root / f"out-big-{i}", args.label_args)
             rates.append((args.big - args.small) / (t_big - t_small))
             print(f"label {args.small} photos: {t_small:.1f} s; {args.big}: {t_big:.1f} s; "
                   f"steady state {rates[-1]:.1f} img/s", flush=True)
@@ -89,6 +85,13 @@ def main() -> None:
     print(f"ceiling {cores} / ({decode:.4f} + {cores} / {openvino:.1f}) = {ceiling:.1f} img/s")
     print(f"label steady state: {steady:.1f} img/s")
     print(f"pipeline efficiency, label / ceiling: {steady / ceiling:.3f}")
+    rate = stages.pop("images/s in the window", 0)
+    print(f"\nCPU per image by stage, last big run, 25-85% of its images ({rate:.1f} img/s); "
+          f"the ceiling spends {decode * 1000:.2f} on decoding and {cores * 1000 / openvino:.2f} "
+          f"on inference, {1000 * (decode + cores / openvino):.2f} ms in all:")
+    for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
+        print(f"  {ms:6.2f} ms  {stage}")
+    print(f"  {sum(stages.values()):6.2f} ms  in all")
 
 
 if __name__ == "__main__":
