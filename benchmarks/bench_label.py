@@ -1,90 +1,120 @@
-"""Benchmark: `label`'s steady-state throughput against OpenVINO's own, same IR and settings.
+"""Benchmark: `label` with B7 against OpenVINO alone, at the default precision and in INT8.
 
-Prints (a) benchmark_app's saturated throughput (THROUGHPUT hint, mean of a run before and
-one after the label runs), (b) `label`'s steady-state throughput on real photos,
-N / (t(2N) - t(N)) so that Ray start-up, actor start and compilation cancel out, averaged over
-repeated pairs, and their ratio. Not a test: this machine's speed drifts by 10-15% within
-minutes, so single pairs scatter; compare ratios taken in one run.
+For the default precision it prints OpenVINO's own throughput two ways, benchmark_app on
+random data and the actors' compiled model fed the same preprocessed photos `label` reads
+(the fairer anchor: a CPU kernel's speed can depend on the values), `label`'s steady state
+N / (t(2N) - t(N)) over whole CLI runs (start-up, actor start and compilation cancel out),
+and the ratios. Then it quantizes the IR with `models quantize` and prints `label` in INT8
+against `label` at the default precision, end to end, same photos, same sitting.
 
-    .venv/bin/python benchmarks/bench_label.py [--images 32] [--repeats 2] [--precision auto]
+B7 has random weights here (seed 0): judge speed on it, accuracy on Lite0 (tests).
+Not a test: this machine's speed drifts by 10-15% within minutes; compare ratios of one run.
+
+    .venv/bin/python benchmarks/bench_label.py [--images 160] [--repeats 2] [--no-int8]
 """
 
 import argparse
-import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import effnet_ray
-from effnet_ray.cli import PHOTOS, prepare_model
-from effnet_ray.ir import default_cache_dir
-from effnet_ray.listing import IMAGE_EXTENSIONS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from anchors import benchmark_app, cpu, imagenet_like, openvino_on_photos, preprocessed  # noqa: E402
+
+from effnet_ray.cli import prepare_model  # noqa: E402
+from effnet_ray.ir import default_cache_dir, int8_path  # noqa: E402
+from effnet_ray.registry import get_spec  # noqa: E402
+
+MODEL = "efficientnet-b7-pytorch"
+CLI = str(Path(sys.executable).parent / "effnet-ray")
 
 
-def benchmark_app(model_path: Path, device: str, precision: str, seconds: int) -> float:
-    cmd = [str(Path(sys.executable).parent / "benchmark_app"), "-m", str(model_path), "-d",
-           device, "-hint", "throughput", "-t", str(seconds)]
-    if precision != "auto":
-        cmd += ["-infer_precision", precision]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return float(re.search(r"Throughput:\s+([\d.]+) FPS", out).group(1))
-
-
-def photo_folder(root: Path, count: int) -> Path:
-    """`count` real photos: the bundled ones, repeated under distinct names."""
-    photos = sorted(p for p in PHOTOS.iterdir() if p.suffix in IMAGE_EXTENSIONS)
-    folder = root / f"photos-{count}"
-    folder.mkdir()
-    for i in range(count):
-        src = photos[i % len(photos)]
-        shutil.copy(src, folder / f"{i:05d}-{src.name}")
-    return folder
-
-
-def label_seconds(folder: Path, out: Path, args: argparse.Namespace, model_path: Path) -> float:
+def run(cmd: list[str]) -> float:
     started = time.perf_counter()
-    effnet_ray.label([str(folder)], str(out), model=args.model, model_path=str(model_path),
-                     precision=args.precision, device=args.device, batch_size=args.batch_size)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr}")
     return time.perf_counter() - started
+
+
+def steady_state(folders: tuple[Path, Path], images: int, model: Path, root: Path,
+                 tag: str) -> float:
+    """Images/s of `label` between N and 2N photos, over two fresh outputs."""
+    times = []
+    for folder in folders:
+        out = Path(tempfile.mkdtemp(dir=root, prefix=f"out-{tag}-"))
+        times.append(run([CLI, "label", str(folder), "-o", str(out), "--overwrite",
+                          "--model", MODEL, "--model-path", str(model)]))
+    rate = images / (times[1] - times[0])
+    print(f"label {tag}: {images} photos {times[0]:.1f} s, {2 * images} photos "
+          f"{times[1]:.1f} s; steady state {rate:.2f} img/s", flush=True)
+    return rate
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="efficientnet-b7-pytorch")
-    parser.add_argument("--images", type=int, default=32, help="N; runs N and 2N images")
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--device", default="CPU")
-    parser.add_argument("--batch-size", type=int, help="default: label's default")
-    parser.add_argument("--seconds", type=int, default=30, help="benchmark_app duration")
+    parser.add_argument("--images", type=int, default=160, help="N; runs N and 2N photos")
     parser.add_argument("--repeats", type=int, default=2, help="N/2N pairs to average")
+    parser.add_argument("--seconds", type=int, default=20, help="each OpenVINO-alone run")
+    parser.add_argument("--calibration", type=int, default=32,
+                        help="photos `models quantize` calibrates on (--subset-size)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the INT8 comparison")
     args = parser.parse_args()
-
-    model_path = prepare_model(args.model, default_cache_dir(), random_seed=0)
-    print(f"model {args.model} (random weights, seed 0): {model_path}", flush=True)
-    # benchmark_app runs before and after the label runs: the machine's speed drifts, and
-    # the mean of both brackets the label runs in time.
-    before = benchmark_app(model_path, args.device, args.precision, args.seconds)
-    rates = []
+    spec = get_spec(MODEL)
+    model = prepare_model(MODEL, default_cache_dir(), random_seed=0)
+    print(f"{MODEL} (random weights, seed 0) on {cpu()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        small, large = photo_folder(root, args.images), photo_folder(root, 2 * args.images)
-        for i in range(args.repeats):
-            t_small = label_seconds(small, root / f"out-small-{i}", args, model_path)
-            t_large = label_seconds(large, root / f"out-large-{i}", args, model_path)
-            rates.append(args.images / (t_large - t_small))
-            print(f"label, {args.images} images: {t_small:.1f} s; {2 * args.images} images: "
-                  f"{t_large:.1f} s; steady state {rates[-1]:.2f} img/s", flush=True)
-    after = benchmark_app(model_path, args.device, args.precision, args.seconds)
-    ov_fps = (before + after) / 2
-    steady = sum(rates) / len(rates)
-    print(f"\nbenchmark_app ({args.device}, {args.precision}, THROUGHPUT hint): "
-          f"{ov_fps:.2f} img/s (before {before:.2f}, after {after:.2f})")
-    print(f"label steady state, N/(t(2N)-t(N)), mean of {len(rates)}: {steady:.2f} img/s")
-    print(f"ratio label / benchmark_app: {steady / ov_fps:.3f} "
-          f"(per repeat: {', '.join(f'{r / ov_fps:.3f}' for r in rates)})")
+        photos = imagenet_like(root / "photos", 2 * args.images + args.calibration)
+        names = sorted(photos.iterdir())
+        folders = {}
+        for count in (args.images, 2 * args.images):
+            folders[count] = root / f"photos-{count}"
+            folders[count].mkdir()
+            for name in names[:count]:
+                (folders[count] / name.name).hardlink_to(name)
+        pair = (folders[args.images], folders[2 * args.images])
+        if not args.no_int8:
+            calibration = root / "calibration"
+            calibration.mkdir()
+            for name in names[2 * args.images:]:
+                (calibration / name.name).hardlink_to(name)
+            started = time.perf_counter()
+            run([CLI, "models", "quantize", MODEL, "--model-path", str(model), "--calibration",
+                 str(calibration), "--subset-size", str(args.calibration),
+                 "--min-agreement", "0"])
+            print(f"models quantize, {args.calibration} photos: "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+        images = preprocessed(photos, spec, 16)
+        # OpenVINO alone brackets the label runs, and default and INT8 pairs alternate:
+        # the machine's speed drifts.
+        app = [benchmark_app(model, seconds=args.seconds)]
+        alone = [openvino_on_photos(model, spec, images, seconds=args.seconds)]
+        default, int8 = [], []
+        for _ in range(args.repeats):
+            default.append(steady_state(pair, args.images, model, root, "default"))
+            if not args.no_int8:
+                int8.append(steady_state(pair, args.images, int8_path(model), root, "int8"))
+        app.append(benchmark_app(model, seconds=args.seconds))
+        alone.append(openvino_on_photos(model, spec, images, seconds=args.seconds))
+    print(f"\nOpenVINO alone, THROUGHPUT hint, default precision: benchmark_app (random data) "
+          f"{mean(app):.2f} img/s ({app[0]:.2f}, {app[1]:.2f}); the actors' model on these "
+          f"photos {mean(alone):.2f} img/s ({alone[0]:.2f}, {alone[1]:.2f})")
+    print(f"label steady state, default precision: {mean(default):.2f} img/s "
+          f"({', '.join(f'{r:.2f}' for r in default)})")
+    print(f"B7 ratio label / OpenVINO alone on the same photos: {mean(default) / mean(alone):.3f}"
+          f"  (against benchmark_app's random data: {mean(default) / mean(app):.3f})")
+    if int8:
+        print(f"label steady state, INT8: {mean(int8):.2f} img/s "
+              f"({', '.join(f'{r:.2f}' for r in int8)})")
+        print(f"INT8 / default precision, label end to end: {mean(int8) / mean(default):.3f}")
 
 
 if __name__ == "__main__":
