@@ -116,7 +116,8 @@ def _cpu_by_process() -> dict[int, tuple[float, str]]:
 
 
 def _stage(command: str) -> str:
-    if "read_units" in command:
+    # A task worker between two tasks is ray::IDLE; the only tasks of a run decode.
+    if "read_units" in command or command.startswith("ray::IDLE"):
         return "decoding tasks"
     if "Classifier" in command:
         return "inference actors"
