@@ -86,6 +86,8 @@ def top_k_ids(scores: np.ndarray, k: int) -> np.ndarray:
     ids = np.empty((len(scores), k), dtype=np.int64)
     for row, (values, bound) in enumerate(zip(scores, kth, strict=True)):
         candidates = np.flatnonzero(values >= bound)  # ascending: ties keep index order
+        if len(candidates) < k:  # NaNs, which compare false: the full sort puts them last
+            candidates = np.arange(len(values))
         ids[row] = candidates[np.argsort(-values[candidates], kind="stable")[:k]]
     return ids
 

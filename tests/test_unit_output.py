@@ -75,6 +75,10 @@ def test_top_k_is_a_stable_descending_argsort_cut_to_k(seed):
     rows, classes = int(rng.integers(1, 40)), int(rng.integers(1, 60))
     scores = (rng.integers(-3, 4, (rows, classes)) if seed % 2
               else rng.normal(size=(rows, classes))).astype(np.float32)
+    if seed % 4 == 2:  # a broken model's NaNs: a whole row, a few, infinities
+        scores[0] = np.nan
+        scores[rng.random(scores.shape) < 0.3] = np.nan
+        scores[rng.random(scores.shape) < 0.1] = np.inf
     for k in (1, 3, 5, classes, classes + 2):
         expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         assert np.array_equal(top_k_ids(scores, k), expected)
