@@ -22,23 +22,11 @@ from effnet_ray.preprocessing import preprocess_bytes
 from effnet_ray.registry import ModelSpec
 
 
-def cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    return "unknown CPU"
-
-
-def benchmark_app(model_path: Path, precision: str = "auto", seconds: int = 20,
-                  device: str = "CPU") -> float:
-    """benchmark_app's saturated throughput (THROUGHPUT hint, random input data)."""
+def benchmark_app(model_path: Path, seconds: int = 20) -> float:
+    """benchmark_app's saturated throughput on CPU at the default precision (THROUGHPUT
+    hint, random input data)."""
     cmd = [str(Path(sys.executable).parent / "benchmark_app"), "-m", str(model_path), "-d",
-           device, "-hint", "throughput", "-t", str(seconds)]
-    if precision != "auto":
-        from effnet_ray.options import PRECISIONS
-
-        if PRECISIONS.get(precision):
-            cmd += ["-infer_precision", PRECISIONS[precision]]
+           "CPU", "-hint", "throughput", "-t", str(seconds)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return float(re.search(r"Throughput:\s+([\d.]+) FPS", out).group(1))
 

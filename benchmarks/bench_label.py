@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from anchors import benchmark_app, cpu, imagenet_like, openvino_on_photos, preprocessed  # noqa: E402
+from anchors import benchmark_app, imagenet_like, openvino_on_photos, preprocessed  # noqa: E402
+from synthetic import cpu  # noqa: E402
 
 from effnet_ray.cli import prepare_model  # noqa: E402
 from effnet_ray.ir import default_cache_dir, int8_path  # noqa: E402

@@ -19,13 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anchors import (  # noqa: E402
     benchmark_app,
-    cpu,
     decode_seconds,
     imagenet_like,
     openvino_on_photos,
     preprocessed,
     run_with_stage_cpu,
 )
+from synthetic import cpu  # noqa: E402
 
 from effnet_ray.cli import prepare_model  # noqa: E402
 from effnet_ray.ir import default_cache_dir  # noqa: E402
