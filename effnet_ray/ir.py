@@ -10,6 +10,8 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from xml.etree import ElementTree
@@ -235,13 +237,21 @@ def local_ir(model_path: str, cache: Path, storage_options: dict | None = None,
     if not path.endswith(".xml"):
         raise UserError(f"model file {model_path} is not an OpenVINO IR (.xml)")
     fetched = cache / "fetched"
-    fetched.mkdir(parents=True, exist_ok=True)
     # one fetch per machine: actors starting together wait for the first one's copy
-    with open(fetched / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with one_at_a_time(fetched):
         if expected_sha256 and (fetched / expected_sha256 / "model.xml").is_file():
             return fetched / expected_sha256 / "model.xml"
         return _fetch(fs, path, model_path, fetched, expected_sha256)
+
+
+@contextmanager
+def one_at_a_time(folder: Path) -> Iterator[None]:
+    """Processes of one machine that write into `folder` take turns (actors starting
+    together on a node)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _fetch(fs: AbstractFileSystem, path: str, model_path: str, fetched: Path,
