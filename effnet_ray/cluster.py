@@ -21,7 +21,8 @@ import ray
 
 from effnet_ray.console import quiet_ray
 from effnet_ray.errors import UserError
-from effnet_ray.pools import auto_actors, fitting_actors
+from effnet_ray.options import PlacementOptions
+from effnet_ray.pools import auto_actors, decoders_per_actor, fitting_actors
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,23 @@ def pool_size(actors: int | str, actor: dict[str, float], actor_labels: dict,
                         f"a decoding task needs ({_show(reader)}) on this cluster "
                         f"({total_cpus:g} CPUs); {hint}")
     return int(actors)
+
+
+def actor_decoders(actors: int, actor: dict[str, float], reader: dict[str, float],
+                   placement: PlacementOptions, device: str) -> int:
+    """Decoding threads per actor when the actors decode their own work units, else 0.
+
+    They do on a cluster of one node, with OpenVINO on its CPU and decoding not placed
+    apart: there, decoding tasks would run beside the actors anyway, and a thread in the
+    actor's process costs less than a task that hands every batch over through the object
+    store. With more nodes, decoding runs as tasks wherever there is room, also on nodes
+    without an actor; with a GPU, decoding is most of the CPU work and scales in processes.
+    """
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    if (len(alive) != 1 or device != "CPU" or placement.reader_resources
+            or placement.reader_labels):
+        return 0
+    return decoders_per_actor(alive[0]["Resources"], actors, actor, reader)
 
 
 def _show(request: dict) -> str:

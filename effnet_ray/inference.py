@@ -4,15 +4,17 @@ The compiled model takes the preprocessed uint8 NHWC RGB image as it travels thr
 object store; PrePostProcessor converts type, layout and colour order inside the graph, so
 nothing float32 crosses the wire and the conversion runs in OpenVINO's threads.
 
-An actor call reads as `commit(label(batch))`: labelling is pure, and the commit
-(`writing.Committer`, injected) writes the rows as one output part before the call returns,
-so a part is done exactly when Ray sees its task finish.
+An actor call yields `commit(label(batch))` for each batch it is given (`Classifier`) or
+decodes from its work units (`DecodingClassifier`): labelling is pure, and the commit
+(`writing.Committer`, injected) writes the rows as one output part before the call yields
+its row, so a part is done exactly when the driver hears of it.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +25,16 @@ import ray
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
 from effnet_ray.batch import ImageBatch
-from effnet_ray.ir import check_contract, default_cache_dir, local_ir, pooled_features, read_ir
+from effnet_ray.ir import (
+    check_contract,
+    default_cache_dir,
+    local_ir,
+    one_at_a_time,
+    pooled_features,
+    read_ir,
+)
 from effnet_ray.options import PRECISIONS, InferenceOptions
+from effnet_ray.reading import ReadTask, unit_batches
 from effnet_ray.registry import ModelSpec, load_class_names
 from effnet_ray.writing import Part, result_table
 
@@ -92,7 +102,10 @@ def compile_model(options: InferenceOptions, spec: ModelSpec, model_file: ModelF
     config = compile_settings(options)
     if not device.startswith(("CPU", "GPU", "NPU")):
         config.pop("INFERENCE_NUM_THREADS", None)
-    return core.compile_model(with_contract_input(model, spec), device, config)
+    # OpenVINO writes a blob in place: two processes compiling the same model into one
+    # cache at once abort (std::filesystem error) when one replaces the other's file.
+    with one_at_a_time(cache / "compiled"):
+        return core.compile_model(with_contract_input(model, spec), device, config)
 
 
 def _ray_gpu_ids() -> list[str]:
@@ -101,27 +114,39 @@ def _ray_gpu_ids() -> list[str]:
     return [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
 
 
-class _Countdown:
-    def __init__(self, count: int) -> None:
-        self._count = count
+class Inferring:
+    """A batch in OpenVINO's requests: its outputs fill in row by row."""
+
+    def __init__(self, outputs: list[np.ndarray]) -> None:
+        self.outputs = outputs
+        self._left = len(outputs[0]) if outputs else 0
+        self._error: BaseException | None = None
         self._cond = threading.Condition()
 
-    def done(self) -> None:
+    def done(self, error: BaseException | None = None) -> None:
         with self._cond:
-            self._count -= 1
-            if self._count == 0:
+            self._left -= 1
+            self._error = self._error or error
+            if self._left == 0:
                 self._cond.notify_all()
 
-    def wait(self) -> None:
+    def wait(self) -> list[np.ndarray]:
+        """One array per compiled output (logits, then embeddings), a row per image."""
         with self._cond:
-            self._cond.wait_for(lambda: self._count == 0)
+            self._cond.wait_for(lambda: self._left == 0)
+        if self._error is not None:
+            raise self._error
+        return self.outputs
 
 
 class Classifier:
-    """Ray Data callable class: one compiled model and one request queue per actor.
+    """Ray Data callable class: one compiled model and its requests per actor.
 
     Several batches may be in the actor at once (Ray's concurrent calls); they share the
-    queue, so the device never idles while one batch is being turned into rows.
+    requests, so the device never idles while one batch is being turned into rows. No
+    request has a Python callback: OpenVINO's threads would wait for the GIL at the end of
+    every inference, and with decoding threads in the process they waited long enough to
+    leave the cores half idle. One thread of ours collects finished requests instead.
     """
 
     def __init__(self, options: InferenceOptions, spec: ModelSpec, model_file: ModelFile,
@@ -130,51 +155,93 @@ class Classifier:
         self.class_names = load_class_names(spec.class_names)
         self.compiled = compile_model(options, spec, model_file)
         # Twice the device's optimal number of requests: the spare ones wait inside
-        # OpenVINO, so a stream never idles while Python refills the queue (the actor runs
-        # at Ray's worker niceness and shares the cores with decoding).
+        # OpenVINO, so a stream never idles while Python refills or collects them.
         optimal = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-        self.queue = ov.AsyncInferQueue(self.compiled, 2 * optimal)
-        self.queue.set_callback(self._finished)
-        self.submit_lock = threading.Lock()
+        self.idle: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(2 * optimal):
+            self.idle.put(self.compiled.create_infer_request())
+        self.running: queue.SimpleQueue = queue.SimpleQueue()  # in the order they started
+        # Concurrent first calls into OpenVINO's Python API deadlocked here (a C++ static
+        # initialiser waiting for the GIL that the rival thread held): one start at a time.
+        self.start_lock = threading.Lock()
+        threading.Thread(target=self._collect, daemon=True, name="effnet-ray-collect").start()
 
-    @staticmethod
-    def _finished(request: ov.InferRequest, userdata: tuple) -> None:
-        outputs, row, countdown = userdata
-        for index, array in enumerate(outputs):
-            array[row] = request.get_output_tensor(index).data.reshape(-1)
-        countdown.done()
+    def _collect(self) -> None:
+        while True:
+            request, inferring, row = self.running.get()
+            try:
+                request.wait()
+                for index, array in enumerate(inferring.outputs):
+                    array[row] = request.get_output_tensor(index).data.reshape(-1)
+            except Exception as exc:  # the batch's caller raises it
+                inferring.done(exc)
+            else:
+                inferring.done()
+            finally:
+                self.idle.put(request)
+
+    def submit(self, images: np.ndarray) -> Inferring:
+        """Start every image of a batch; `Inferring.wait` gives the outputs."""
+        inferring = Inferring([
+            np.zeros((len(images), int(np.prod(port.get_shape()[1:]))), np.float32)
+            for port in self.compiled.outputs])
+        for row in range(len(images)):
+            request = self.idle.get()
+            with self.start_lock:
+                request.start_async({0: images[row:row + 1]})
+            self.running.put((request, inferring, row))
+        return inferring
 
     def infer(self, images: np.ndarray) -> list[np.ndarray]:
         """One array per compiled output (logits, then embeddings), a row per image."""
-        outputs = [np.zeros((len(images), int(np.prod(port.get_shape()[1:]))), np.float32)
-                   for port in self.compiled.outputs]
-        countdown = _Countdown(len(images))
-        for row in range(len(images)):
-            with self.submit_lock:
-                self.queue.start_async({0: images[row:row + 1]}, (outputs, row, countdown))
-        if len(images):
-            countdown.wait()
-        return outputs
+        return self.submit(images).wait()
 
-    def label(self, batch: ImageBatch) -> pa.Table:
-        logits, *embeddings = self.infer(batch.images)
+    def label(self, batch: ImageBatch, inferring: Inferring | None = None) -> pa.Table:
+        logits, *embeddings = (inferring or self.submit(batch.images)).wait()
         return result_table(batch, logits, self.spec.name, self.class_names,
                             self.options.top_k, embeddings=embeddings[0] if embeddings else None,
                             keep_logits=not self.options.no_logits)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        """Label and commit each batch (a row of `table`); return what was committed."""
-        parts, classes, reasons = [], [], []
+    def finish(self, batch: ImageBatch, inferring: Inferring | None = None) -> pa.Table:
+        """Label and commit one batch; what was committed, as a row for the driver."""
+        rows = self.label(batch, inferring)
+        return committed(self.commit(batch, rows), rows)
+
+    def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
+        """Ray Data stage over decoded batches (a row of `table` each)."""
         for row in range(table.num_rows):
-            batch = ImageBatch.from_arrow(table, row)
-            rows = self.label(batch)
-            parts.append(self.commit(batch, rows))
-            classes.append(rows.column("class_id").drop_null())
-            reasons.append(rows.column("error").drop_null())
-        return pa.table({"uid": [p.uid for p in parts], "first": [p.first for p in parts],
-                         "last": [p.last for p in parts],
-                         "rows": [p.rows for p in parts], "errors": [p.errors for p in parts],
-                         "classes": pa.array([c.to_pylist() for c in classes],
-                                             pa.list_(pa.int32())),
-                         "reasons": pa.array([r.to_pylist() for r in reasons],
-                                             pa.list_(pa.string()))})
+            yield self.finish(ImageBatch.from_arrow(table, row))
+
+
+class DecodingClassifier(Classifier):
+    """A `Classifier` that decodes its own work units: decoding runs in threads of the
+    actor's process (Pillow releases the GIL), beside OpenVINO's, rather than in tasks that
+    hand every batch over through Ray's object store. Each call decodes one unit and infers
+    its batches one behind: batch k is inferred while batch k+1 is decoded."""
+
+    def __init__(self, options: InferenceOptions, spec: ModelSpec, model_file: ModelFile,
+                 commit: Callable[[ImageBatch, pa.Table], Part], read: ReadTask) -> None:
+        super().__init__(options, spec, model_file, commit)
+        self.read = read
+
+    def __call__(self, units: dict[str, np.ndarray]) -> Iterator[pa.Table]:
+        """Ray Data stage over work units."""
+        behind = None
+        for batch in unit_batches(units, self.read):
+            ahead = (batch, self.submit(batch.images))
+            if behind:
+                yield self.finish(*behind)
+            behind = ahead
+        if behind:
+            yield self.finish(*behind)
+
+
+def committed(part: Part, rows: pa.Table) -> pa.Table:
+    """A committed part as one row for the driver: where it is, its counts, its classes and
+    reasons."""
+    return pa.table({"uid": [part.uid], "first": [part.first], "last": [part.last],
+                     "rows": [part.rows], "errors": [part.errors],
+                     "classes": pa.array([rows.column("class_id").drop_null().to_pylist()],
+                                         pa.list_(pa.int32())),
+                     "reasons": pa.array([rows.column("error").drop_null().to_pylist()],
+                                         pa.list_(pa.string()))})

@@ -1,10 +1,12 @@
 """The labeling job on Ray Data, given a `RunPlan`: skip what is done -> read+preprocess ->
 infer+commit -> summary.
 
-    work units ──resume (drop committed parts)──> reading/preprocessing (Ray tasks, 1 CPU
-    each) ──> ImageBatch (uint8 HxWx3 images) ──> inference (OpenVINO actor pool)
+    work units ──resume (drop committed parts)──> reading/preprocessing (Ray tasks, half a
+    CPU each) ──> ImageBatch (uint8 HxWx3 images) ──> inference (OpenVINO actor pool)
     ──commit──> OUT/part-*.parquet, one per batch
-"""
+
+On a one-node cluster running OpenVINO on CPU, the actors read and preprocess their work
+units themselves, in threads (`Pool.decoders`), and no batch crosses the object store."""
 
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from effnet_ray.cluster import READER_CPUS, Watchdog, pool_size, start_ray
+from effnet_ray.cluster import READER_CPUS, Watchdog, actor_decoders, pool_size, start_ray
 from effnet_ray.errors import UserError
-from effnet_ray.inference import Classifier, ModelFile
+from effnet_ray.inference import Classifier, DecodingClassifier, ModelFile
 from effnet_ray.lease import LeaseLost
 from effnet_ray.listing import Unit
 from effnet_ray.pools import actor_request
@@ -111,41 +113,60 @@ def read_tasks(units: int, cpus: float) -> int:
     return max(1, min(units, wanted, MAX_READ_BLOCKS))
 
 
-def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, actors: int
+@dataclass(frozen=True)
+class Pool:
+    """The inference actors of a run; `decoders` > 0: each decodes its own work units in
+    that many threads, rather than being fed by decoding tasks."""
+
+    actors: int
+    decoders: int = 0
+
+
+def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, pool: Pool
                   ) -> ray.data.Dataset:
     options, place = plan.options, plan.options.placement
     items = _items(units, committed)
-    ds = ray.data.from_items(items, override_num_blocks=read_tasks(
-        len(items), ray.cluster_resources().get("CPU", 1)))
-    # Every batch a decoding task yields is a block of its own, so it reaches the actors as
-    # soon as it is decoded rather than with the rest of its task's (Ray Data would gather
-    # yields into blocks of up to 128 MiB: a whole task's output, for a small model).
+    cpus = ray.cluster_resources().get("CPU", 1)
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_READ_BLOCKS)
+                             if pool.decoders else read_tasks(len(items), cpus))
+    # Every batch a task yields is a block of its own, so it moves on as soon as it is made
+    # rather than with the rest of its task's (Ray Data would gather yields into blocks of
+    # up to 128 MiB: a whole task's output, for a small model).
     ds.context.target_max_block_size = 1
-    # The memory reservation bounds decoding per node and, being unlike the actors'
-    # arguments, keeps Ray Data from fusing decoding into the actors, where it would stall
-    # inference.
     task = ReadTask(options.read, plan.spec, options.storage_options)
-    ds = ds.map_batches(read_units, fn_kwargs={"task": task}, batch_size=1,
-                        num_cpus=READER_CPUS,
-                        memory=decode_memory(options.read.max_pixels, options.read.max_bytes),
-                        batch_format="numpy",
-                        **_placement(place.reader_resources, place.reader_labels))
-    model_file = ModelFile(plan.model_path, plan.ir_sha256, options.storage_options)
-    commit = Committer(plan.output_uri, plan.lease.token, options.storage_options)
-    # One batch per call: the actor commits exactly the rows of one output part.
+    classifier = {"options": options.inference, "spec": plan.spec,
+                  "model_file": ModelFile(plan.model_path, plan.ir_sha256,
+                                          options.storage_options),
+                  "commit": Committer(plan.output_uri, plan.lease.token,
+                                      options.storage_options)}
+    calls = CONCURRENT_CALLS
+    if pool.decoders:
+        calls = pool.decoders
+        classifier["read"] = task
+        ds.context._max_num_blocks_in_streaming_gen_buffer = None
+    else:
+        # The memory reservation bounds decoding per node and, being unlike the actors'
+        # arguments, keeps Ray Data from fusing decoding into the actors' calls, where it
+        # would stall inference.
+        ds = ds.map_batches(read_units, fn_kwargs={"task": task}, batch_size=1,
+                            num_cpus=READER_CPUS,
+                            memory=decode_memory(options.read.max_pixels,
+                                                 options.read.max_bytes),
+                            batch_format="numpy",
+                            **_placement(place.reader_resources, place.reader_labels))
+    # One batch (or one work unit) per call; the actor commits each batch as one part.
     return ds.map_batches(
-        Classifier,
-        fn_constructor_kwargs={"options": options.inference, "spec": plan.spec,
-                               "model_file": model_file, "commit": commit},
+        DecodingClassifier if pool.decoders else Classifier,
+        fn_constructor_kwargs=classifier,
         batch_size=1,
-        batch_format="pyarrow",
+        batch_format="numpy" if pool.decoders else "pyarrow",
         num_cpus=place.actor_cpus,
         num_gpus=place.actor_gpus,
         **_placement(place.actor_resources, place.actor_labels),
         compute=ray.data.ActorPoolStrategy(
-            size=actors,
-            max_tasks_in_flight_per_actor=CONCURRENT_CALLS * 2,
-            max_concurrent_calls_per_actor=CONCURRENT_CALLS,
+            size=pool.actors,
+            max_tasks_in_flight_per_actor=calls * 2,
+            max_concurrent_calls_per_actor=calls,
             enable_true_multi_threading=True,
         ),
     )
@@ -164,16 +185,19 @@ class Tally:
                             pc.list_flatten(stats.column("reasons")).to_pylist())
 
 
-def _pool(plan: RunPlan) -> int:
-    """Actors for the connected cluster, sized against what the decoding tasks need."""
+def _pool(plan: RunPlan) -> Pool:
+    """Actors for the connected cluster, sized against what decoding needs."""
     options, place = plan.options, plan.options.placement
     request = actor_request(place.actor_cpus, place.actor_gpus, place.actor_resources)
     reader = {"CPU": READER_CPUS,
               "memory": decode_memory(options.read.max_pixels, options.read.max_bytes),
               **place.reader_resources}
     actors = pool_size(place.actors, request, place.actor_labels, reader, place.reader_labels)
-    log.info("inference: %d actor(s) on %s, each %s", actors, options.inference.device, request)
-    return actors
+    decoders = actor_decoders(actors, request, reader, place, options.inference.device)
+    log.info("inference: %d actor(s) on %s, each %s; decoding %s", actors,
+             options.inference.device, request,
+             f"in {decoders} thread(s) of each actor" if decoders else "in Ray tasks")
+    return Pool(actors, decoders)
 
 
 def _progress_state(plan: RunPlan, committed: Committed) -> tuple[ProgressState, set[str]]:
@@ -197,7 +221,7 @@ def _progress_state(plan: RunPlan, committed: Committed) -> tuple[ProgressState,
                          done_at_start=done), open_shards
 
 
-def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int,
+def _label(plan: RunPlan, units: list[Unit], committed: Committed, pool: Pool,
            report: Reporter) -> tuple[int, Tally]:
     """Run the pipeline over `units`; the rows committed, reported as they come."""
     options = plan.options
@@ -207,7 +231,7 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, actors: int,
     try:
         with Watchdog(options.run.stall_timeout) as watchdog:
             try:
-                for stats in build_dataset(plan, units, committed, actors).iter_batches(
+                for stats in build_dataset(plan, units, committed, pool).iter_batches(
                         batch_size=None, batch_format="pyarrow"):
                     watchdog.committed()
                     tally.add(stats)
@@ -276,12 +300,12 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
                      len(plan.units) - len(todo), len(plan.units), committed.totals()[0])
         owns_ray = start_ray(options.placement.address, options.run.verbose) if todo \
             else False
-        actors = _pool(plan) if todo else 0
+        pool = _pool(plan) if todo else Pool(0)
         plan.lease.start_heartbeat()
         manifest = start_run(fs, path, plan.manifest, plan.identity, run_settings(plan))
         status, this_run = "failed", 0
         try:
-            this_run, tally = (_label(plan, todo, committed, actors, report) if todo
+            this_run, tally = (_label(plan, todo, committed, pool, report) if todo
                                else (0, Tally()))
             status = "complete"
         except KeyboardInterrupt:

@@ -22,6 +22,8 @@ _FIELDS = {
 }
 # Decoding a photo costs ~2.5% of a B7 inference on the same core: 1 CPU in 16 is ample.
 DECODE_SHARE = 1 / 16
+# Decoding threads in one actor, at most (see decoders_per_actor).
+MAX_DECODERS_PER_ACTOR = 8
 
 
 def parse_pool(data: dict, where: str) -> dict:
@@ -97,3 +99,19 @@ def auto_actors(nodes: list[dict[str, float]], request: dict[str, float], total_
     while actors > 1 and total_cpus - actors * request.get("CPU", 0) < spare:
         actors -= 1
     return actors
+
+
+def decoders_per_actor(node: dict[str, float], actors: int, actor: dict[str, float],
+                       reader: dict[str, float]) -> int:
+    """Decoding threads for each of `actors` actors on `node` when they decode their own
+    work units, or 0 when decoding tasks serve the node better.
+
+    In all, as many threads as decoding tasks would fit on the whole node: the actors'
+    OpenVINO threads span every core, and decoding takes what they leave. More than
+    MAX_DECODERS_PER_ACTOR threads in one process would queue on the GIL between Pillow's
+    calls, where tasks, each a process, would not.
+    """
+    free = {key: node.get(key, 0) - (0 if key == "CPU" else actors * actor.get(key, 0))
+            for key in reader}
+    threads = max(1, math.ceil(fitting_actors([free], reader) / actors))
+    return threads if threads <= MAX_DECODERS_PER_ACTOR else 0

@@ -267,23 +267,22 @@ def preprocess_sample(sample: Sample, task: ReadTask) -> np.ndarray | None:
 
 
 def _batch(uid: str, first: int, last: bool, samples: list[Sample], images: list[np.ndarray],
-           spec: ModelSpec) -> pa.Table:
+           spec: ModelSpec) -> ImageBatch:
     return ImageBatch(
         uid=uid, first=first, last=last, paths=[printable(s.path) for s in samples],
         errors=[s.error for s in samples], source_labels=[s.source_label for s in samples],
         source_metadata=[s.metadata for s in samples], input_sizes=[s.size for s in samples],
         input_versions=[s.version for s in samples],
-        images=stack(images, spec.input.height, spec.input.width),
-    ).to_arrow()
+        images=stack(images, spec.input.height, spec.input.width))
 
 
-def read_units(batch: dict[str, np.ndarray], *, task: ReadTask) -> Iterator[pa.Table]:
-    """Ray Data map_batches function over work units (columns kind, uris, sizes, versions,
-    uid, done)."""
+def unit_batches(units: dict[str, np.ndarray], task: ReadTask) -> Iterator[ImageBatch]:
+    """The batches of work units (columns kind, uris, sizes, versions, uid, done), in order,
+    without the parts an earlier run committed."""
     size = task.options.batch_size
     for kind, uris, sizes, versions, uid, done in zip(
-            batch["kind"], batch["uris"], batch["sizes"], batch["versions"], batch["uid"],
-            batch["done"], strict=True):
+            units["kind"], units["uris"], units["sizes"], units["versions"], units["uid"],
+            units["done"], strict=True):
         done = {int(d) for d in done}
         first, samples, images = 0, [], []
         skip = lambda i: i // size * size in done  # noqa: B023, E731
@@ -302,3 +301,9 @@ def read_units(batch: dict[str, np.ndarray], *, task: ReadTask) -> Iterator[pa.T
                     images.append(image)
         if first not in done:  # an empty unit still commits its (empty) last part
             yield _batch(str(uid), first, True, samples, images, task.spec)
+
+
+def read_units(units: dict[str, np.ndarray], *, task: ReadTask) -> Iterator[pa.Table]:
+    """Ray Data map_batches function: `unit_batches` as the decoding stage's blocks."""
+    for batch in unit_batches(units, task):
+        yield batch.to_arrow()

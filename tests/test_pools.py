@@ -5,7 +5,14 @@ import pytest
 from effnet_ray.errors import UserError
 from effnet_ray.inference import openvino_device
 from effnet_ray.ir import local_ir
-from effnet_ray.pools import all_pools, auto_actors, fitting_actors, parse_pool
+from effnet_ray.pools import (
+    MAX_DECODERS_PER_ACTOR,
+    all_pools,
+    auto_actors,
+    decoders_per_actor,
+    fitting_actors,
+    parse_pool,
+)
 
 
 def test_every_bundled_profile_loads():
@@ -57,3 +64,21 @@ def test_the_gpu_ray_assigned_is_the_one_openvino_uses(device, ray_ids, visible,
 def test_a_node_whose_model_file_differs_is_refused(lite0_ir, tmp_path):
     with pytest.raises(UserError, match="differs from the one the run was started with"):
         local_ir(str(lite0_ir), tmp_path, expected_sha256="0" * 64)
+
+
+def test_decoding_threads_in_an_actor_take_what_decoding_tasks_would():
+    gib = 2**30
+    reader = {"CPU": 0.5, "memory": gib}
+    # one actor on 2 CPUs: the 4 decoding tasks the node holds become 4 threads
+    assert decoders_per_actor({"CPU": 2, "memory": 20 * gib}, 1, {"CPU": 1}, reader) == 4
+    # memory bounds them as it bounds tasks, also the memory the actors reserve
+    assert decoders_per_actor({"CPU": 2, "memory": 2.5 * gib}, 1, {"CPU": 1}, reader) == 2
+    assert decoders_per_actor({"CPU": 8, "memory": 4 * gib}, 2,
+                              {"CPU": 4, "memory": 1 * gib}, reader) == 1
+    # shared among the actors, rounded up, at least one each
+    assert decoders_per_actor({"CPU": 8, "memory": 64 * gib}, 3, {"CPU": 2}, reader) == 6
+    assert decoders_per_actor({"CPU": 2, "memory": 0.1 * gib}, 1, {"CPU": 1}, reader) == 1
+    # beyond MAX_DECODERS_PER_ACTOR threads, tasks (processes) decode instead
+    assert decoders_per_actor({"CPU": 64, "memory": 256 * gib}, 1, {"CPU": 1}, reader) == 0
+    assert 0 < decoders_per_actor({"CPU": 2 * MAX_DECODERS_PER_ACTOR, "memory": 256 * gib},
+                                  4, {"CPU": 1}, reader) <= MAX_DECODERS_PER_ACTOR
