@@ -4,9 +4,10 @@ EfficientNet-Lite0 (real weights) on ImageNet-like JPEGs (500x375, quality 90). 
 is what the cores could do if nothing but decoding and inference cost anything:
 cores / (decode + cores / openvino), with decode the CPU seconds per photo in one process and
 openvino the images/s of OpenVINO alone on these preprocessed photos. `label`'s steady state
-is (big - small) / (t(big) - t(small)) over whole CLI runs, so start-up cancels out.
+is (big - small) / (t(big) - t(small)) over whole CLI runs, so start-up cancels out. The
+machine's speed drifts: the anchors run before and after the label runs, which repeat.
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--small 1000] [--big 4000] [--repeats 1]
+    .venv/bin/python benchmarks/bench_pipeline.py [--small 1000] [--big 4000] [--repeats 3]
 """
 
 import argparse
@@ -52,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--big", type=int, default=4000)
-    parser.add_argument("--repeats", type=int, default=1, help="small/big pairs to average")
+    parser.add_argument("--repeats", type=int, default=3, help="small/big pairs to average")
     parser.add_argument("--seconds", type=int, default=15, help="each OpenVINO-alone run")
     parser.add_argument("label_args", nargs="*", help="more `label` options, after --")
     args = parser.parse_args()
@@ -64,7 +65,7 @@ def main() -> None:
         root = Path(tmp)
         photos = imagenet_like(root / "photos", args.big)
         small = subset(photos, root / "small", args.small)
-        decode = decode_seconds(photos, spec)
+        decodes = [decode_seconds(photos, spec)]
         images = preprocessed(photos, spec)
         app = benchmark_app(model, seconds=args.seconds)
         alone = [openvino_on_photos(model, spec, images, seconds=args.seconds)]
@@ -76,10 +77,13 @@ def main() -> None:
             print(f"label {args.small} photos: {t_small:.1f} s; {args.big}: {t_big:.1f} s; "
                   f"steady state {rates[-1]:.1f} img/s", flush=True)
         alone.append(openvino_on_photos(model, spec, images, seconds=args.seconds))
+        decodes.append(decode_seconds(photos, spec))
     openvino = sum(alone) / len(alone)
+    decode = sum(decodes) / len(decodes)
     ceiling = cores / (decode + cores / openvino)
     steady = sum(rates) / len(rates)
-    print(f"\ndecode + preprocess, one process: {decode * 1000:.2f} ms of CPU per photo")
+    print(f"\ndecode + preprocess, one process: {decode * 1000:.2f} ms of CPU per photo "
+          f"(before {decodes[0] * 1000:.2f}, after {decodes[1] * 1000:.2f})")
     print(f"benchmark_app (random data): {app:.1f} img/s; OpenVINO alone on these photos: "
           f"{openvino:.1f} img/s (before {alone[0]:.1f}, after {alone[1]:.1f})")
     print(f"ceiling {cores} / ({decode:.4f} + {cores} / {openvino:.1f}) = {ceiling:.1f} img/s")
