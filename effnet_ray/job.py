@@ -143,6 +143,9 @@ def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, pool: 
     if pool.decoders:
         calls = pool.decoders
         classifier["read"] = task
+        # A call yields a tiny row per part while it decodes; Ray Data's generator
+        # backpressure (2 unread yields) would pause decoding until the driver's executor
+        # comes round. Private in Ray 2.60; an unknown attribute is merely ignored.
         ds.context._max_num_blocks_in_streaming_gen_buffer = None
     else:
         # The memory reservation bounds decoding per node and, being unlike the actors'
