@@ -105,11 +105,19 @@ def leaves_room(nodes: list[tuple[dict, bool, bool]], actors: int, actor: dict,
                for i in range(len(nodes)) if nodes[i][2])
 
 
-def pool_size(actors: int | str, actor: dict[str, float], actor_labels: dict,
-              reader: dict[str, float], reader_labels: dict) -> int:
-    """The number of actors on the connected cluster, checked against what decoding needs;
+def alive_nodes() -> list[dict]:
+    """The connected cluster's live nodes, as Ray reports them when the run starts."""
+    return [n for n in ray.nodes() if n["Alive"]]
+
+
+def cpus_of(nodes: list[dict]) -> float:
+    return sum(n["Resources"].get("CPU", 0) for n in nodes)
+
+
+def pool_size(alive: list[dict], actors: int | str, actor: dict[str, float],
+              actor_labels: dict, reader: dict[str, float], reader_labels: dict) -> int:
+    """The number of actors on the `alive` nodes, checked against what decoding needs;
     refuses what Ray would otherwise wait on forever."""
-    alive = [n for n in ray.nodes() if n["Alive"]]
     nodes = [(n["Resources"], _has_labels(n.get("Labels", {}), actor_labels),
               _has_labels(n.get("Labels", {}), reader_labels)) for n in alive]
     actor_nodes = [r for r, for_actors, _ in nodes if for_actors]
@@ -119,7 +127,7 @@ def pool_size(actors: int | str, actor: dict[str, float], actor_labels: dict,
     if not any(fitting_actors([r], reader) for r, _, for_readers in nodes if for_readers):
         raise UserError(f"no node of the cluster has what a decoding task asks for: "
                         f"{_show(reader)}")
-    total_cpus = sum(n["Resources"].get("CPU", 0) for n in alive)
+    total_cpus = cpus_of(alive)
     if actors == "auto":
         count = auto_actors(actor_nodes, actor, total_cpus)
         while count > 1 and not leaves_room(nodes, count, actor, reader):
@@ -138,8 +146,8 @@ def pool_size(actors: int | str, actor: dict[str, float], actor_labels: dict,
     return int(actors)
 
 
-def actor_decoders(actors: int, actor: dict[str, float], reader: dict[str, float],
-                   placement: PlacementOptions, device: str) -> int:
+def actor_decoders(alive: list[dict], actors: int, actor: dict[str, float],
+                   reader: dict[str, float], placement: PlacementOptions, device: str) -> int:
     """Decoding threads per actor when the actors decode their own work units, else 0.
 
     They do on a cluster of one node, with OpenVINO on its CPU and decoding not placed
@@ -148,7 +156,6 @@ def actor_decoders(actors: int, actor: dict[str, float], reader: dict[str, float
     store. With more nodes, decoding runs as tasks wherever there is room, also on nodes
     without an actor; with a GPU, decoding is most of the CPU work and scales in processes.
     """
-    alive = [n for n in ray.nodes() if n["Alive"]]
     if (len(alive) != 1 or device != "CPU" or placement.reader_resources
             or placement.reader_labels):
         return 0

@@ -20,7 +20,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from effnet_ray.cluster import READER_CPUS, Watchdog, actor_decoders, pool_size, start_ray
+from effnet_ray.cluster import (
+    READER_CPUS,
+    Watchdog,
+    actor_decoders,
+    alive_nodes,
+    cpus_of,
+    pool_size,
+    start_ray,
+)
 from effnet_ray.errors import UserError
 from effnet_ray.inference import Classifier, DecodingClassifier, ModelFile
 from effnet_ray.lease import LeaseLost
@@ -116,19 +124,19 @@ def read_tasks(units: int, cpus: float) -> int:
 @dataclass(frozen=True)
 class Pool:
     """The inference actors of a run; `decoders` > 0: each decodes its own work units in
-    that many threads, rather than being fed by decoding tasks."""
+    that many threads, rather than being fed by decoding tasks. `cpus`: the cluster's."""
 
     actors: int
     decoders: int = 0
+    cpus: float = 0.0
 
 
 def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, pool: Pool
                   ) -> ray.data.Dataset:
     options, place = plan.options, plan.options.placement
     items = _items(units, committed)
-    cpus = ray.cluster_resources().get("CPU", 1)
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_READ_BLOCKS)
-                             if pool.decoders else read_tasks(len(items), cpus))
+                             if pool.decoders else read_tasks(len(items), pool.cpus))
     # Every batch a task yields is a block of its own, so it moves on as soon as it is made
     # rather than with the rest of its task's (Ray Data would gather yields into blocks of
     # up to 128 MiB: a whole task's output, for a small model).
@@ -195,12 +203,14 @@ def _pool(plan: RunPlan) -> Pool:
     reader = {"CPU": READER_CPUS,
               "memory": decode_memory(options.read.max_pixels, options.read.max_bytes),
               **place.reader_resources}
-    actors = pool_size(place.actors, request, place.actor_labels, reader, place.reader_labels)
-    decoders = actor_decoders(actors, request, reader, place, options.inference.device)
+    nodes = alive_nodes()
+    actors = pool_size(nodes, place.actors, request, place.actor_labels, reader,
+                       place.reader_labels)
+    decoders = actor_decoders(nodes, actors, request, reader, place, options.inference.device)
     log.info("inference: %d actor(s) on %s, each %s; decoding %s", actors,
              options.inference.device, request,
              f"in {decoders} thread(s) of each actor" if decoders else "in Ray tasks")
-    return Pool(actors, decoders)
+    return Pool(actors, decoders, cpus_of(nodes))
 
 
 def _progress_state(plan: RunPlan, committed: Committed) -> tuple[ProgressState, set[str]]:
