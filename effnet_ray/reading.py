@@ -24,6 +24,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -53,6 +54,8 @@ Skip = Callable[[int], bool]
 # Objects of a unit fetched at once from an object store: each GET costs 20-100 ms of
 # latency, so one at a time leaves a decoding CPU waiting on the network.
 FETCH_OBJECTS = 16
+# Bytes a read asks for at once when the size is not known (see `read_within`).
+READ_STEP = 2**20
 _SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
             (stat.S_ISDIR, "a folder"))
@@ -107,6 +110,31 @@ def within(data: bytes, limit: int) -> bytes:
     return data
 
 
+def read_within(f: BinaryIO, limit: int, expected: int | None = None) -> bytes:
+    """`f` to its end, if that is at most `limit` bytes away (`within`).
+
+    Read in steps, because a stream's read may return what has arrived so far (an http body
+    sent in pieces was cut to its first piece), and Python allocates the whole size a read
+    asks for: asking for `limit` at once would map and unmap 128 MiB per photo, which in an
+    actor that decodes beside OpenVINO's threads costs every core a TLB shootdown. The
+    first step asks for the size the caller `expected`; once that has come, one byte tells
+    whether there is more.
+    """
+    parts, got = [], 0
+    while chunk := f.read(min(limit + 1 - got, _next_step(got, expected))):
+        parts.append(chunk)
+        got += len(chunk)
+        if got > limit:
+            break
+    return within(parts[0] if len(parts) == 1 else b"".join(parts), limit)
+
+
+def _next_step(got: int, expected: int | None) -> int:
+    if expected is None or got > expected:
+        return READ_STEP
+    return expected - got or 1
+
+
 def read_local(path: str, limit: int) -> bytes:
     """At most `limit` bytes of a regular file; never blocks on a FIFO, never reads a device."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -117,8 +145,8 @@ def read_local(path: str, limit: int) -> bytes:
                 raise ImageError(f"not a regular file ({what})")
         if status.st_size > limit:
             raise ImageError(too_large(status.st_size, limit))
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return within(f.read(limit + 1), limit)
+        with os.fdopen(os.dup(fd), "rb") as f:  # it may have grown since; /proc says 0
+            return read_within(f, limit, status.st_size)
     finally:
         os.close(fd)
 
@@ -135,11 +163,11 @@ def read_object(uri: str, size: int | None, task: ReadTask) -> bytes:
     if is_read_only(fs):  # http(s): a server may ignore ranges; a stream stops at the limit
         def fetch() -> bytes:
             with fs.open(path, "rb", block_size=0) as f:
-                return f.read(limit + 1)
+                return read_within(f, limit, size)
     else:
         def fetch() -> bytes:
-            return fs.cat_file(path, start=0, end=limit + 1)
-    return within(retrying(fetch, fs), limit)
+            return within(fs.cat_file(path, start=0, end=limit + 1), limit)
+    return retrying(fetch, fs)
 
 
 def _concurrent(uris: list[str], task: ReadTask) -> AbstractFileSystem | None:

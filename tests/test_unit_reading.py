@@ -2,13 +2,17 @@
 Parquet shards. Each item becomes exactly one row (a reason where it cannot be labelled), no
 exception escapes, nothing blocks. Runs the decoding stage's own function without Ray."""
 
+import http.server
 import io
 import os
 import socket
 import struct
 import tarfile
 import threading
+import time
+import tracemalloc
 import zlib
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,8 +22,9 @@ from PIL import Image
 from effnet_ray.batch import ImageBatch
 from effnet_ray.cli import PHOTOS
 from effnet_ray.errors import UserError
-from effnet_ray.options import ReadOptions
-from effnet_ray.reading import ReadTask, read_units
+from effnet_ray.options import MAX_BYTES, ReadOptions
+from effnet_ray.preprocessing import ImageError
+from effnet_ray.reading import ReadTask, read_local, read_units
 from effnet_ray.registry import get_spec
 from effnet_ray.shards import read_footers
 from effnet_ray.storage import printable
@@ -93,6 +98,65 @@ def test_byte_limit_is_checked_before_and_while_reading(tmp_path):
     assert all("larger than --max-bytes" in e for _, e in rows)
     assert read("files", [tmp_path / "big.jpg"], max_bytes=len(JPEG)) == \
         [(str(tmp_path / "big.jpg"), None)]
+
+
+def test_a_file_larger_than_its_size_says_is_read_whole_and_still_bounded():
+    # /proc files are regular files that report a size of 0 and then give their content
+    status = Path("/proc/self/status")
+    assert os.stat(status).st_size == 0
+    assert read_local(str(status), 2**20).startswith(b"Name:")
+    with pytest.raises(ImageError, match="larger than --max-bytes"):
+        read_local(str(status), 16)
+
+
+def test_reading_a_photo_allocates_its_size_not_the_limit(tmp_path):
+    # Python allocates what a read asks for: 128 MiB per photo, mapped and unmapped, cost
+    # every core of an actor that decodes a TLB shootdown.
+    (tmp_path / "photo.jpg").write_bytes(JPEG)
+    tracemalloc.start()
+    try:
+        assert read_local(str(tmp_path / "photo.jpg"), MAX_BYTES) == JPEG
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * len(JPEG) + 65536
+
+
+@pytest.fixture
+def trickling_server():
+    """An http server that sends each body in 4 KiB pieces, 5 ms apart, without a length."""
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # the body ends when the connection closes
+
+        def do_GET(self):
+            body = JPEG * (3 if self.path.startswith("/big") else 1)
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for start in range(0, len(body), 4096):
+                    self.wfile.write(body[start:start + 4096])
+                    self.wfile.flush()
+                    time.sleep(0.005)
+            except OSError:  # the reader stopped at its limit
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_body_that_arrives_in_pieces_is_read_whole_and_still_bounded(trickling_server):
+    # a stream's read gives what has arrived so far: the first piece alone was labelled
+    # "undecodable" before
+    rows = read("files", [f"{trickling_server}/a.jpg", f"{trickling_server}/big.jpg"],
+                max_bytes=2 * len(JPEG))
+    assert rows[0] == (f"{trickling_server}/a.jpg", None)
+    assert "larger than --max-bytes" in rows[1][1]
 
 
 @pytest.mark.parametrize("data, reason", [
