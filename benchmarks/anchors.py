@@ -14,12 +14,12 @@ import openvino as ov
 from PIL import Image
 
 from effnet_ray.cli import PHOTOS
-from effnet_ray.inference import ModelFile, compile_model
-from effnet_ray.ir import ir_sha256
-from effnet_ray.listing import IMAGE_EXTENSIONS
+from effnet_ray.inputs.listing import IMAGE_EXTENSIONS
+from effnet_ray.inputs.preprocessing import preprocess_bytes
+from effnet_ray.models.ir import ir_sha256
+from effnet_ray.models.registry import ModelSpec
 from effnet_ray.options import InferenceOptions
-from effnet_ray.preprocessing import preprocess_bytes
-from effnet_ray.registry import ModelSpec
+from effnet_ray.run.inference import ModelFile, compile_model
 
 
 def benchmark_app(model_path: Path, seconds: int = 20) -> float:
@@ -118,7 +118,7 @@ def _stage(command: str) -> str:
 
 def committed_images(output: Path) -> int:
     """Rows committed so far, from the part names alone (as `resume.scan` reads them)."""
-    from effnet_ray.writing import Part
+    from effnet_ray.output.layout import Part
 
     try:
         return sum(part.rows for name in os.listdir(output) if (part := Part.parse(name)))

@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 from synthetic import cpu, synthetic
 
-from effnet_ray.compaction import compact
+from effnet_ray.output.compaction import compact
 
 QUERY = "select label, count(*) from read_parquet('{}/*.parquet') group by 1 order by 2 desc"
 

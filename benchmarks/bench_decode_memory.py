@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import effnet_ray.preprocessing as preprocessing
+import effnet_ray.inputs.preprocessing as preprocessing
+from effnet_ray.models.registry import get_spec
 from effnet_ray.options import MAX_BYTES, MAX_PIXELS
-from effnet_ray.registry import get_spec
 
 MODELS = ("efficientnet-b7-pytorch", "efficientnet-b7_auto_aug", "efficientnet-lite0")
 MIB = 2**20

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from synthetic import cpu, synthetic
 
-from effnet_ray.evaluate import evaluate
-from effnet_ray.report import write_report
+from effnet_ray.results.evaluate import evaluate
+from effnet_ray.results.report import write_report
 
 
 def main() -> None:

@@ -15,12 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import s3fs  # noqa: E402
 from synthetic import cpu  # noqa: E402
 
-from effnet_ray import reading  # noqa: E402
 from effnet_ray.cli import PHOTOS  # noqa: E402
-from effnet_ray.listing import list_sources  # noqa: E402
+from effnet_ray.inputs import fetch  # noqa: E402
+from effnet_ray.inputs.listing import list_sources  # noqa: E402
+from effnet_ray.inputs.reading import read_units  # noqa: E402
+from effnet_ray.inputs.samples import ReadTask
+from effnet_ray.models.registry import get_spec  # noqa: E402
 from effnet_ray.options import ReadOptions  # noqa: E402
-from effnet_ray.reading import ReadTask, read_units  # noqa: E402
-from effnet_ray.registry import get_spec  # noqa: E402
 from tests.helpers import FlakyProxy, start_moto  # noqa: E402
 
 
@@ -52,12 +53,12 @@ def main() -> None:
         options = {"endpoint_url": f"http://127.0.0.1:{proxy.port}"}
         sources = list(list_sources(["s3://bench-fetch/u"], options=options))
         task = ReadTask(ReadOptions(), get_spec("efficientnet-lite0"), options)
-        concurrent = reading.FETCH_OBJECTS
+        concurrent = fetch.FETCH_OBJECTS
         print(f"cpu: {cpu()}; {len(sources)} objects, {args.delay * 1000:.0f} ms a request")
-        for fetch in (1, concurrent):
-            reading.FETCH_OBJECTS = fetch
+        for at_once in (1, concurrent):
+            fetch.FETCH_OBJECTS = at_once
             took = seconds(task, sources)
-            print(f"FETCH_OBJECTS={fetch}: {took:.2f} s, {len(sources) / took:.1f} images/s "
+            print(f"FETCH_OBJECTS={at_once}: {took:.2f} s, {len(sources) / took:.1f} images/s "
                   "(decode and preprocess included)")
     finally:
         proxy.close()

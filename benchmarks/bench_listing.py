@@ -17,11 +17,11 @@ import fsspec
 import ray
 from fsspec.implementations.memory import MemoryFile
 
-from effnet_ray.job import MAX_READ_BLOCKS, _items
-from effnet_ray.listing import list_sources, work_units
+from effnet_ray.inputs.listing import list_sources, work_units
 from effnet_ray.options import ReadOptions
-from effnet_ray.resume import scan
-from effnet_ray.writing import Part
+from effnet_ray.output.layout import Part
+from effnet_ray.output.resume import scan
+from effnet_ray.run.job import MAX_READ_BLOCKS, _items
 
 
 def main() -> None:

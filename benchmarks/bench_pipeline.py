@@ -29,8 +29,8 @@ from anchors import (  # noqa: E402
 from synthetic import cpu  # noqa: E402
 
 from effnet_ray.cli import prepare_model  # noqa: E402
-from effnet_ray.ir import default_cache_dir  # noqa: E402
-from effnet_ray.registry import get_spec  # noqa: E402
+from effnet_ray.models.cache import default_cache_dir  # noqa: E402
+from effnet_ray.models.registry import get_spec  # noqa: E402
 
 MODEL = "efficientnet-lite0"
 

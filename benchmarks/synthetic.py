@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from effnet_ray.registry import load_class_names, load_wnids
-from effnet_ray.resume import write_manifest
+from effnet_ray.models.registry import load_class_names, load_wnids
+from effnet_ray.output.manifest import write_manifest
 from effnet_ray.storage import open_fs
 
 

@@ -10,8 +10,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from effnet_ray.console import NativeStderrFilter
 from effnet_ray.errors import UserError
+from effnet_ray.run.console import NativeStderrFilter
 
 DEMO_MODEL = "efficientnet-lite0"
 PHOTOS = Path(__file__).parent / "data" / "photos"
@@ -190,9 +190,9 @@ def _add_truth_options(p: argparse.ArgumentParser) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     import json
 
-    from effnet_ray.evaluate import describe
-    from effnet_ray.evaluate import evaluate as run_evaluation
     from effnet_ray.options import parse_json_object
+    from effnet_ray.results.evaluate import describe
+    from effnet_ray.results.evaluate import evaluate as run_evaluation
 
     result = run_evaluation(args.output, args.ground_truth,
                             parse_json_object("storage-options", args.storage_options))
@@ -200,9 +200,9 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def compact(args: argparse.Namespace) -> None:
-    from effnet_ray.compaction import compact as run_compaction
-    from effnet_ray.compaction import parse_size
     from effnet_ray.options import parse_json_object
+    from effnet_ray.output.compaction import compact as run_compaction
+    from effnet_ray.output.compaction import parse_size
 
     files, rows = run_compaction(args.output, parse_size(args.target_size),
                                  parse_json_object("storage-options", args.storage_options),
@@ -213,7 +213,7 @@ def compact(args: argparse.Namespace) -> None:
 
 def report(args: argparse.Namespace) -> None:
     from effnet_ray.options import parse_json_object
-    from effnet_ray.report import write_report
+    from effnet_ray.results.report import write_report
 
     path = write_report(args.output, args.html, args.ground_truth,
                         parse_json_object("storage-options", args.storage_options))
@@ -221,14 +221,14 @@ def report(args: argparse.Namespace) -> None:
 
 
 def _cache(args: argparse.Namespace) -> Path:
-    from effnet_ray.ir import default_cache_dir
+    from effnet_ray.models.cache import default_cache_dir
 
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
 
 
 def models_list(args: argparse.Namespace) -> None:
-    from effnet_ray.ir import int8_path, prepared_path
-    from effnet_ray.registry import all_specs
+    from effnet_ray.models.cache import int8_path, prepared_path
+    from effnet_ray.models.registry import all_specs
 
     cache = _cache(args)
     for name, spec in all_specs().items():
@@ -244,10 +244,11 @@ def models_list(args: argparse.Namespace) -> None:
 def prepare_model(name: str, cache: Path, weights: Path | None = None,
                   weights_url: str | None = None, random_seed: int | None = None,
                   verify: bool = True, force: bool = False) -> Path:
-    from effnet_ray.convert import prepare
-    from effnet_ray.ir import check_contract, prepared_path, read_ir
-    from effnet_ray.registry import get_spec
-    from effnet_ray.weights import resolve_weights
+    from effnet_ray.models.cache import prepared_path
+    from effnet_ray.models.ir import check_contract, read_ir
+    from effnet_ray.models.registry import get_spec
+    from effnet_ray.prepare.convert import prepare
+    from effnet_ray.prepare.weights import resolve_weights
 
     spec = get_spec(name)
     dest = prepared_path(cache, name, random_seed)
@@ -263,7 +264,8 @@ def prepare_model(name: str, cache: Path, weights: Path | None = None,
 
 
 def models_prepare(args: argparse.Namespace) -> None:
-    from effnet_ray.ir import complexity, read_ir
+    from effnet_ray.models.complexity import complexity
+    from effnet_ray.models.ir import read_ir
 
     path = prepare_model(args.name, _cache(args), args.weights, args.weights_url,
                          args.seed if args.random_weights else None, not args.no_verify,
@@ -273,10 +275,10 @@ def models_prepare(args: argparse.Namespace) -> None:
 
 
 def _run_label(inputs: list[str], output: str, **given: object) -> object:
-    from effnet_ray.job import run
     from effnet_ray.options import build_options
-    from effnet_ray.preflight import prepare_run
-    from effnet_ray.progress import reporter_for
+    from effnet_ray.run.job import run
+    from effnet_ray.run.preflight import prepare_run
+    from effnet_ray.run.progress import reporter_for
 
     options = build_options(inputs, output, **given)
     plan = prepare_run(options)
@@ -284,10 +286,10 @@ def _run_label(inputs: list[str], output: str, **given: object) -> object:
 
 
 def models_quantize(args: argparse.Namespace) -> None:
-    from effnet_ray.ir import int8_path, prepared_path
+    from effnet_ray.models.cache import int8_path, prepared_path
+    from effnet_ray.models.registry import get_spec
     from effnet_ray.options import parse_json_object
-    from effnet_ray.quantize import quantize
-    from effnet_ray.registry import get_spec
+    from effnet_ray.prepare.quantize import quantize
 
     spec = get_spec(args.name)
     source = Path(args.model_path).expanduser().resolve() if args.model_path \

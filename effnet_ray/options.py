@@ -18,7 +18,8 @@ from typing import Any
 from PIL import Image
 
 from effnet_ray.errors import UserError
-from effnet_ray.pools import check_node_labels, check_resources, get_pool, parse_actors
+from effnet_ray.models.pools import check_node_labels, check_resources, get_pool, parse_actors
+from effnet_ray.models.registry import get_spec
 
 DEFAULT_MODEL = "efficientnet-b7-pytorch"
 LAYOUTS = ("auto", "files", "webdataset", "parquet")
@@ -193,8 +194,6 @@ def build_options(inputs: list[str] | tuple[str, ...], output: str, **given: obj
 
 def validate(options: LabelOptions) -> None:
     """Every check that needs nothing but the options themselves."""
-    from effnet_ray.registry import get_spec  # package data, read once
-
     if not options.inputs:
         raise UserError("no input given")
     if any(not str(i).strip() for i in options.inputs):

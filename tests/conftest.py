@@ -63,8 +63,8 @@ def b7_irs(cache_dir):
 @pytest.fixture(scope="session")
 def b7_net():
     """The PyTorch source of both random-weights IRs (same seed, same calibration)."""
-    from effnet_ray.convert import random_network
-    from effnet_ray.registry import get_spec
+    from effnet_ray.models.registry import get_spec
+    from effnet_ray.prepare.convert import random_network
 
     return random_network(get_spec("efficientnet-b7-pytorch"), seed=0)
 

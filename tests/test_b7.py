@@ -4,8 +4,9 @@ import openvino as ov
 import pytest
 import torch
 
-from effnet_ray.ir import complexity, metadata
-from effnet_ray.registry import get_spec
+from effnet_ray.models.complexity import complexity
+from effnet_ray.models.ir import metadata
+from effnet_ray.models.registry import get_spec
 from tests.helpers import B7_SEEDS, F32_TOLERANCE, normalised
 from tests.reference import (
     PlainOpenVINO,

@@ -13,11 +13,13 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from effnet_ray.batch import ImageBatch
-from effnet_ray.registry import load_class_names
-from effnet_ray.resume import scan, write_manifest
+from effnet_ray.inputs.batch import ImageBatch
+from effnet_ray.models.registry import load_class_names
+from effnet_ray.output.layout import Part
+from effnet_ray.output.manifest import write_manifest
+from effnet_ray.output.resume import scan
+from effnet_ray.output.rows import parquet_bytes, result_table
 from effnet_ray.storage import open_fs, put_atomic
-from effnet_ray.writing import Part, parquet_bytes, result_table
 from tests.helpers import CLI, one_line_error, run_cli
 
 NAMES = load_class_names("imagenet_2012.txt")
@@ -122,8 +124,8 @@ def test_a_crash_right_after_the_record_is_finished_by_the_next_compact(planted,
                                                                         monkeypatch):
     """The moment a kill rarely hits: the record is written, the new files are still hidden
     and the old parts still there. The record decides: each row is counted once."""
-    import effnet_ray.resume as resume
-    from effnet_ray.compaction import compact
+    import effnet_ray.output.resume as resume
+    from effnet_ray.output.compaction import compact
 
     out = tmp_path / "out"
     shutil.copytree(planted, out)

@@ -8,7 +8,7 @@ import openvino as ov
 import pyarrow.dataset as pads
 import pytest
 
-from effnet_ray.registry import get_spec
+from effnet_ray.models.registry import get_spec
 from tests.helpers import B7_SEEDS, F32_TOLERANCE, one_line_error, run_cli
 from tests.reference import omz_preprocess, rel_l2, to_ir_input
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from effnet_ray.cli import PHOTOS
-from effnet_ray.registry import load_wnids
+from effnet_ray.models.registry import load_wnids
 from tests.helpers import debian_tool, one_line_error, run_cli
 
 WNIDS = load_wnids("imagenet_2012.txt")

@@ -12,21 +12,22 @@ import threading
 import numpy as np
 import pytest
 
-from effnet_ray.batch import ImageBatch
 from effnet_ray.cli import PHOTOS
-from effnet_ray.inference import (
+from effnet_ray.inputs.batch import ImageBatch
+from effnet_ray.inputs.listing import IMAGE_EXTENSIONS
+from effnet_ray.inputs.reading import read_units
+from effnet_ray.inputs.samples import ReadTask
+from effnet_ray.models.ir import ir_sha256
+from effnet_ray.models.registry import get_spec
+from effnet_ray.options import InferenceOptions, ReadOptions
+from effnet_ray.output.layout import Part
+from effnet_ray.run.inference import (
     Classifier,
     DecodingClassifier,
     Inferring,
     ModelFile,
     compile_model,
 )
-from effnet_ray.ir import ir_sha256
-from effnet_ray.listing import IMAGE_EXTENSIONS
-from effnet_ray.options import InferenceOptions, ReadOptions
-from effnet_ray.reading import ReadTask, read_units
-from effnet_ray.registry import get_spec
-from effnet_ray.writing import Part
 
 SPEC = get_spec("efficientnet-lite0")
 
@@ -114,9 +115,9 @@ FIRST_CALLS = """
 import sys, threading
 import numpy as np
 sys.setswitchinterval(1e-6)  # the GIL changes hands as often as it can
-from effnet_ray.inference import Classifier, ModelFile
+from effnet_ray.run.inference import Classifier, ModelFile
 from effnet_ray.options import InferenceOptions
-from effnet_ray.registry import get_spec
+from effnet_ray.models.registry import get_spec
 spec = get_spec("efficientnet-lite0")
 c = Classifier(InferenceOptions(model=spec.name), spec, ModelFile(sys.argv[1], ""), None)
 threads = [threading.Thread(target=c.infer, args=(np.zeros((2, 224, 224, 3), np.uint8),))

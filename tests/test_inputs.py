@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from effnet_ray.cli import PHOTOS
-from effnet_ray.listing import Source, list_sources, work_units
+from effnet_ray.inputs.listing import Source, list_sources, work_units
 from tests.helpers import S3_SECRET, free_port, one_line_error, run_cli, start_moto
 
 LITE0 = ["--model", "efficientnet-lite0", "--precision", "f32"]
@@ -333,11 +333,12 @@ def test_a_unit_fetched_concurrently_from_a_slow_store_keeps_order_and_every_row
         s3, s3_env, monkeypatch):
     """20 objects behind 50 ms of latency a request, one deleted after listing and one
     empty: the rows come out in listing order, once each, the same as one at a time."""
-    from effnet_ray import reading
-    from effnet_ray.batch import ImageBatch
+    from effnet_ray.inputs import fetch
+    from effnet_ray.inputs.batch import ImageBatch
+    from effnet_ray.inputs.reading import read_units
+    from effnet_ray.inputs.samples import ReadTask
+    from effnet_ray.models.registry import get_spec
     from effnet_ray.options import ReadOptions
-    from effnet_ray.reading import ReadTask, read_units
-    from effnet_ray.registry import get_spec
     from tests.helpers import FlakyProxy
 
     s3.mkdir("effnet-slow")
@@ -363,7 +364,7 @@ def test_a_unit_fetched_concurrently_from_a_slow_store_keeps_order_and_every_row
                                     strict=True)]
 
         concurrent = rows()
-        monkeypatch.setattr(reading, "FETCH_OBJECTS", 1)
+        monkeypatch.setattr(fetch, "FETCH_OBJECTS", 1)
         one_by_one = rows()
     finally:
         proxy.close()

@@ -11,7 +11,7 @@ import pytest
 
 import effnet_ray
 from effnet_ray.cli import PHOTOS
-from effnet_ray.registry import get_spec, load_class_names
+from effnet_ray.models.registry import get_spec, load_class_names
 from tests.helpers import F32_TOLERANCE, one_line_error, run_cli
 from tests.reference import PlainOpenVINO, omz_preprocess, rel_l2
 

@@ -3,7 +3,7 @@
 import pyarrow.dataset as pads
 import pytest
 
-from effnet_ray.registry import get_spec
+from effnet_ray.models.registry import get_spec
 from tests.helpers import B7_SEEDS, F32_TOLERANCE, run_cli
 from tests.reference import PlainOpenVINO, omz_preprocess, rel_l2
 

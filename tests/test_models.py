@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from effnet_ray.cli import PHOTOS
-from effnet_ray.convert import pretrained_network
 from effnet_ray.errors import UserError
-from effnet_ray.ir import metadata
-from effnet_ray.registry import get_spec
-from effnet_ray.weights import download, packaged_weights
+from effnet_ray.models.ir import metadata
+from effnet_ray.models.registry import get_spec
+from effnet_ray.prepare.convert import pretrained_network
+from effnet_ray.prepare.weights import download, packaged_weights
 from tests.helpers import F32_TOLERANCE, normalised, one_line_error, run_cli
 from tests.reference import omz_preprocess, rel_l2, to_ir_input
 

@@ -3,15 +3,14 @@
 import pytest
 
 from effnet_ray.errors import UserError
-from effnet_ray.inference import openvino_device
-from effnet_ray.ir import local_ir
-from effnet_ray.pools import (
+from effnet_ray.models.cache import local_ir
+from effnet_ray.models.pools import all_pools, parse_pool
+from effnet_ray.run.inference import openvino_device
+from effnet_ray.run.placement import (
     MAX_DECODERS_PER_ACTOR,
-    all_pools,
     auto_actors,
     decoders_per_actor,
     fitting_actors,
-    parse_pool,
 )
 
 

@@ -2,14 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effnet_ray.preprocessing import (
-    ImageError,
-    centered_box,
-    decode,
-    preprocess_bytes,
-    short_side_size,
-)
-from effnet_ray.registry import get_spec
+from effnet_ray.inputs.preprocessing import centered_box, decode, preprocess_bytes, short_side_size
+from effnet_ray.inputs.samples import ImageError
+from effnet_ray.models.registry import get_spec
 from tests.reference import omz_preprocess
 
 MODELS = ["efficientnet-b7-pytorch", "efficientnet-b7_auto_aug", "efficientnet-lite0"]

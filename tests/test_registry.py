@@ -3,7 +3,8 @@ import tomllib
 import pytest
 
 from effnet_ray.errors import UserError
-from effnet_ray.registry import all_specs, configs_dir, get_spec, load_class_names, parse_spec
+from effnet_ray.models.configs import configs_dir
+from effnet_ray.models.registry import all_specs, get_spec, load_class_names, parse_spec
 
 
 def test_both_seeds_and_the_demo_model_are_registered():

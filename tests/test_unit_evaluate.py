@@ -5,9 +5,9 @@ import pyarrow as pa
 import pytest
 
 from effnet_ray.errors import UserError
-from effnet_ray.evaluate import calibration_error, evaluate_table
-from effnet_ray.registry import load_wnids
-from effnet_ray.truth import UNKNOWN, from_file, ground_truth, read_truth_file
+from effnet_ray.models.registry import load_wnids
+from effnet_ray.results.evaluate import calibration_error, evaluate_table
+from effnet_ray.results.truth import UNKNOWN, from_file, ground_truth, read_truth_file
 
 WNIDS = load_wnids("imagenet_2012.txt")
 

@@ -6,7 +6,7 @@ import openvino.opset13 as ops
 import pytest
 
 from effnet_ray.errors import UserError
-from effnet_ray.ir import pooled_features
+from effnet_ray.models.ir import pooled_features
 
 
 def classifier(compressed=False):

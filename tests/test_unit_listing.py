@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from effnet_ray.errors import UserError
-from effnet_ray.listing import Source, list_sources, suffix, work_units
+from effnet_ray.inputs.listing import Source, list_sources, suffix, work_units
 
 JPEG_HEAD = b"\xff\xd8\xff\xe0" + b"\0" * 20
 

@@ -7,13 +7,7 @@ import pytest
 from PIL import Image
 
 from effnet_ray.errors import UserError
-from effnet_ray.options import (
-    MAX_PIXELS,
-    LabelOptions,
-    build_options,
-    default,
-    option_names,
-)
+from effnet_ray.options import MAX_PIXELS, LabelOptions, build_options, default, option_names
 
 
 def test_defaults_live_on_the_fields():
@@ -107,13 +101,13 @@ def test_parsing_options_imports_neither_ray_nor_openvino():
 
 def test_pillow_global_limit_is_left_alone():
     before = Image.MAX_IMAGE_PIXELS
-    import effnet_ray.preprocessing  # noqa: F401
+    import effnet_ray.inputs.preprocessing  # noqa: F401
 
     assert Image.MAX_IMAGE_PIXELS == before and before is not None
 
 
 def test_decoding_tasks_hold_several_units_yet_keep_every_cpu_busy():
-    from effnet_ray.job import MAX_READ_BLOCKS, read_tasks
+    from effnet_ray.run.job import MAX_READ_BLOCKS, read_tasks
 
     assert read_tasks(75, 2) == 10  # 8 units a task
     assert read_tasks(10, 2) == 4  # 2 tasks a CPU, smaller ones

@@ -11,15 +11,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from effnet_ray.batch import ImageBatch, stack
 from effnet_ray.errors import UserError
-from effnet_ray.lease import LEASE, Lease, LeaseLost, check_holder, read_holder
-from effnet_ray.listing import Source, Unit
-from effnet_ray.output import check_place, clear
-from effnet_ray.registry import load_class_names
-from effnet_ray.resume import scan, tidy
+from effnet_ray.inputs.batch import ImageBatch, stack
+from effnet_ray.inputs.listing import Source, Unit
+from effnet_ray.models.registry import load_class_names
+from effnet_ray.output.commit import Committer
+from effnet_ray.output.layout import LEASE, Part
+from effnet_ray.output.lease import Lease, LeaseLost, check_holder, read_holder
+from effnet_ray.output.place import check_place, clear
+from effnet_ray.output.resume import scan, tidy
+from effnet_ray.output.rows import parquet_bytes, result_table, top_k_ids
 from effnet_ray.storage import open_fs, put_atomic
-from effnet_ray.writing import Committer, Part, parquet_bytes, result_table, top_k_ids
 
 NAMES = load_class_names("imagenet_2012.txt")
 
@@ -153,7 +155,7 @@ def test_a_second_run_is_refused_naming_the_holder(tmp_path):
 
 
 def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path):
-    code = ("import sys; from effnet_ray.lease import Lease; from effnet_ray.storage import "
+    code = ("import sys; from effnet_ray.output.lease import Lease; from effnet_ray.storage import "
             "open_fs; Lease.acquire(*open_fs(sys.argv[1])); print('held')")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                          text=True, check=True).stdout

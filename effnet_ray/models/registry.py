@@ -6,13 +6,12 @@ value range) and how an image must be prepared to reproduce the published accura
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from pathlib import Path
 
 from effnet_ray.errors import UserError
+from effnet_ray.models.configs import configs_dir, no_extra, read_toml, take
 
 PREPROCESS_OPS = {
     "resize_short_side": {"size", "interpolation"},
@@ -84,27 +83,6 @@ class ModelSpec:
     preprocess: tuple[Step, ...]
     source: WeightsSource
     card: Card | None = None
-
-
-def configs_dir() -> Path:
-    """The configs folder: inside the installed wheel, or at the top of a source checkout."""
-    packaged = Path(str(resources.files("effnet_ray"))) / "configs"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "configs"
-
-
-def take(table: dict, key: str, kind: type | tuple[type, ...], where: str) -> object:
-    if key not in table:
-        raise UserError(f"{where}: missing key '{key}'")
-    value = table[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise UserError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
-    return value
-
-
-def no_extra(table: dict, allowed: set[str], where: str) -> None:
-    extra = set(table) - allowed
-    if extra:
-        raise UserError(f"{where}: unknown keys {sorted(extra)}")
 
 
 def _parse_input(t: dict, where: str) -> TensorSpec:
@@ -184,13 +162,6 @@ def parse_spec(data: dict, where: str) -> ModelSpec:
         source=_parse_source(take(data, "source", dict, where), f"{where} [source]"),
         card=Card(**card) if card else None,
     )
-
-
-def read_toml(path: Path) -> dict:
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
 
 
 @cache

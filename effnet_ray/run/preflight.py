@@ -17,23 +17,15 @@ from pathlib import Path
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
-from effnet_ray.ir import (
-    check_contract,
-    default_cache_dir,
-    int8_path,
-    ir_sha256,
-    local_ir,
-    metadata,
-    prepared_path,
-    read_ir,
-)
-from effnet_ray.lease import Lease
-from effnet_ray.listing import Unit, list_sources, work_units
+from effnet_ray.inputs.listing import Unit, list_sources, work_units
+from effnet_ray.inputs.parquet import read_footers
+from effnet_ray.models.cache import default_cache_dir, int8_path, local_ir, prepared_path
+from effnet_ray.models.ir import check_contract, ir_sha256, metadata, read_ir
+from effnet_ray.models.registry import ModelSpec, get_spec
 from effnet_ray.options import LabelOptions
-from effnet_ray.output import check_place, clear
-from effnet_ray.registry import ModelSpec, get_spec
-from effnet_ray.resume import check_resumable
-from effnet_ray.shards import read_footers
+from effnet_ray.output.lease import Lease
+from effnet_ray.output.manifest import check_resumable
+from effnet_ray.output.place import check_place, clear
 from effnet_ray.storage import display, is_local, open_fs, redact
 
 log = logging.getLogger(__name__)

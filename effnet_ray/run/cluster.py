@@ -19,10 +19,10 @@ import time
 
 import ray
 
-from effnet_ray.console import quiet_ray
 from effnet_ray.errors import UserError
 from effnet_ray.options import PlacementOptions
-from effnet_ray.pools import auto_actors, decoders_per_actor, fitting_actors
+from effnet_ray.run.console import quiet_ray
+from effnet_ray.run.placement import auto_actors, decoders_per_actor, fitting_actors
 
 log = logging.getLogger(__name__)
 

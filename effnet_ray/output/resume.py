@@ -16,36 +16,17 @@ model, precision, top-k or grouping into the folder is refused before any work.
 
 from __future__ import annotations
 
-import json
-import platform
-import socket
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib import metadata as package_metadata
 
 import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
-from effnet_ray.compaction import (
-    COMPACT,
-    RECORD,
-    CompactFile,
-    cut,
-    finish,
-    read_record,
-    read_rows,
-    staged,
-)
-from effnet_ray.errors import UserError
-from effnet_ray.lease import LEASE
-from effnet_ray.listing import Unit
-from effnet_ray.shards import SEPARATOR
-from effnet_ray.storage import TMP_PREFIX, display, named_errors, printable, put_atomic, redact
-from effnet_ray.writing import Part
-
-MANIFEST = "_manifest.json"
-VERSIONED = ("effnet-ray", "ray", "openvino", "pyarrow", "numpy", "pillow", "fsspec")
+from effnet_ray.inputs.listing import Unit
+from effnet_ray.inputs.samples import shards_of
+from effnet_ray.output.layout import COMPACT, LEASE, RECORD, Part, staged
+from effnet_ray.output.record import CompactFile, cut, read_record, read_rows, unstage
+from effnet_ray.storage import TMP_PREFIX, display, named_errors, printable, redact
 
 
 @dataclass
@@ -121,7 +102,7 @@ def tidy(fs: AbstractFileSystem, path: str, committed: Committed,
     Parts inside `compact`'s files are cut out of them. Without `units` (compact itself),
     only leftovers and duplicates go. Returns how many parts went."""
     with named_errors(display(fs, path)):
-        finish(fs, path, committed.record, committed.names)
+        unstage(fs, path, committed.record, committed.names)
     redo: list[Part] = []
     if units is not None:
         units = list(units)
@@ -150,10 +131,7 @@ def tidy(fs: AbstractFileSystem, path: str, committed: Committed,
 
 def _is_listed(row_path: str, listed: set[str]) -> bool:
     """Whether a row's path names a listed file, or a sample of a listed shard."""
-    if row_path in listed:
-        return True
-    parts = row_path.split(SEPARATOR)
-    return any(SEPARATOR.join(parts[:i]) in listed for i in range(1, len(parts)))
+    return row_path in listed or any(s in listed for s in shards_of(row_path))
 
 
 def _paths(fs: AbstractFileSystem, folder: str, committed: Committed, part: Part
@@ -167,94 +145,3 @@ def _paths(fs: AbstractFileSystem, folder: str, committed: Committed, part: Part
             return pq.read_table(f, columns=["path"]).column("path").to_pylist()
 
 
-def read_manifest(fs: AbstractFileSystem, path: str) -> dict | None:
-    where = f"{display(fs, path)}/{MANIFEST}"
-    with named_errors(where):
-        if not fs.exists(f"{path}/{MANIFEST}"):
-            return None
-        text = fs.cat_file(f"{path}/{MANIFEST}")
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise UserError(f"{where} is not valid JSON; pass --overwrite to start over") from None
-
-
-def check_resumable(fs: AbstractFileSystem, path: str, wanted: dict) -> dict | None:
-    """The manifest to continue, or None for an empty folder; refuses a mixed output."""
-    where = display(fs, path)
-    manifest = read_manifest(fs, path)
-    if manifest is None:
-        with named_errors(where):
-            names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] \
-                if fs.isdir(path) else []
-        parquet = sorted(n for n in names if n.endswith(".parquet"))
-        foreign = [n for n in parquet if not (Part.parse(n) or COMPACT.match(n))]
-        if foreign:
-            raise UserError(f"output {where} holds Parquet files of another tool "
-                            f"({', '.join(foreign[:3])}); choose an empty or new folder")
-        if parquet:
-            raise UserError(f"output {where} holds results of an earlier run without its "
-                            "manifest; pass --overwrite to start over")
-        return None
-    had = manifest.get("identity", {})
-    # an option added since the output was made counts as its default there
-    differ = [k for k in wanted if had.get(k, _default(k)) != wanted.get(k)]
-    if differ:
-        what = "; ".join(f"{k}: {_show(had.get(k))} there, {_show(wanted.get(k))} now"
-                         for k in differ)
-        raise UserError(f"output {where} holds results made differently ({what}); rerun with "
-                        "the same settings to resume, or pass --overwrite to start over")
-    return manifest
-
-
-def _default(name: str) -> object:
-    from effnet_ray.options import default, option_names
-
-    return default(name) if name in option_names() else None
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = package_metadata.version(name)
-        except package_metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def start_run(fs: AbstractFileSystem, path: str, manifest: dict | None, wanted: dict,
-              extra: dict) -> dict:
-    """Record a run's start; an earlier run still marked running was killed."""
-    manifest = manifest or {"identity": wanted, "runs": []}
-    for run in manifest["runs"]:
-        if run.get("status") == "running":
-            run["status"] = "interrupted"
-    manifest["runs"].append({"started": _now(), "ended": None, "status": "running",
-                             "host": socket.gethostname(), "versions": versions(), **extra})
-    manifest["status"] = "incomplete"
-    write_manifest(fs, path, manifest)
-    return manifest
-
-
-def end_run(fs: AbstractFileSystem, path: str, manifest: dict, status: str,
-            counts: dict) -> None:
-    manifest["runs"][-1].update(ended=_now(), status=status, **counts)
-    if status == "complete":
-        manifest["status"] = "complete"
-    write_manifest(fs, path, manifest)
-
-
-def write_manifest(fs: AbstractFileSystem, path: str, manifest: dict) -> None:
-    data = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    with named_errors(display(fs, path)):
-        put_atomic(fs, f"{path}/{MANIFEST}", data)

@@ -18,9 +18,9 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from effnet_ray.errors import UserError
-from effnet_ray.registry import get_spec, load_class_names, load_wnids
+from effnet_ray.models.registry import get_spec, load_class_names, load_wnids
+from effnet_ray.results.truth import UNKNOWN, ground_truth, read_truth_file
 from effnet_ray.storage import is_local, named_errors, open_fs, redact
-from effnet_ray.truth import UNKNOWN, ground_truth, read_truth_file
 
 COLUMNS = ["path", "model", "class_id", "top_k_ids", "top_k_probs", "error", "source_label"]
 ECE_BINS = 15

@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 
 from effnet_ray.errors import UserError
-from effnet_ray.ir import file_sha256
-from effnet_ray.registry import ModelSpec
+from effnet_ray.models.ir import file_sha256
+from effnet_ray.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from PIL import Image
 
 from effnet_ray import __version__
 from effnet_ray.errors import UserError
-from effnet_ray.ir import check_contract, file_sha256, read_ir, set_metadata
-from effnet_ray.listing import IMAGE_EXTENSIONS
-from effnet_ray.registry import ModelSpec
+from effnet_ray.inputs.listing import IMAGE_EXTENSIONS
+from effnet_ray.models.ir import check_contract, file_sha256, read_ir, set_metadata
+from effnet_ray.models.registry import ModelSpec
 from effnet_ray.storage import atomic_folder
 
 try:

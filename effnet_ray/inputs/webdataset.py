@@ -10,46 +10,23 @@ once a second pass over the stream has read their targets.
 
 from __future__ import annotations
 
-import os
 import posixpath
-import stat
 import tarfile
 from collections.abc import Iterator
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from effnet_ray.errors import UserError
-from effnet_ray.listing import IMAGE_EXTENSIONS, suffix
-from effnet_ray.reading import ReadTask, Sample, Skip, too_large
+from effnet_ray.inputs.fetch import check_regular
+from effnet_ray.inputs.listing import IMAGE_EXTENSIONS, suffix
+from effnet_ray.inputs.samples import SEPARATOR, ReadTask, Sample, Skip, UniquePaths, too_large
 from effnet_ray.storage import (
-    is_local,
     is_transient,
-    named_errors,
     open_fs,
     printable,
     redact,
     short_reason,
 )
 
-SEPARATOR = "::"
 LABEL_EXTENSIONS = (".cls", ".txt")
-ROWS_PER_BATCH = 8
 _LINK_HOPS = 16
-
-
-class UniquePaths:
-    """Paths never given twice: a repeat gets `#2`, `#3`... (the first free one)."""
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-
-    def __call__(self, path: str) -> str:
-        unique, n = path, 2
-        while unique in self.seen:
-            unique, n = f"{path}#{n}", n + 1
-        self.seen.add(unique)
-        return unique
 
 
 def _key(member_name: str) -> tuple[str, str]:
@@ -57,12 +34,6 @@ def _key(member_name: str) -> tuple[str, str]:
     folder, _, name = member_name.rpartition("/")
     stem, dot, ext = name.partition(".")
     return (f"{folder}/{stem}" if folder else stem), (dot + ext).lower()
-
-
-def _open_regular(fs: object, path: str) -> None:
-    """Refuse a local shard that is not a regular file before opening it (a FIFO blocks)."""
-    if is_local(fs) and not stat.S_ISREG(os.stat(path).st_mode):
-        raise UserError("not a regular file")
 
 
 class _Bad(str):
@@ -114,7 +85,7 @@ def tar_samples(uri: str, size: int | None, version: str | None, task: ReadTask,
         regular += 1
 
     try:
-        _open_regular(fs, path)
+        check_regular(fs, path)
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 if member.isdir():
@@ -219,116 +190,3 @@ def _sample_from(path: str, members: dict, size: int | None, version: str | None
     return found
 
 
-def _is_bytes(kind: pa.DataType) -> bool:
-    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind) \
-        or pa.types.is_fixed_size_binary(kind)
-
-
-def image_column_problem(schema: pa.Schema, column: str) -> str | None:
-    """Why `column` of a Parquet schema cannot hold image bytes, or None."""
-    if column not in schema.names:
-        return f"no image column '{column}' (columns: {', '.join(schema.names[:20])})"
-    kind = schema.field(column).type
-    if _is_bytes(kind):
-        return None
-    if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0 \
-            and _is_bytes(kind.field("bytes").type):
-        return None  # Hugging Face's Image feature: {"bytes": ..., "path": ...}
-    return f"image column '{column}' holds {kind}, not image bytes"
-
-
-def read_footers(uris: list[str], column: str, storage_options: dict | None
-                 ) -> dict[str, int | None]:
-    """Each Parquet shard's row count from its footer (None if it cannot be read: its own
-    row will say why), read once before any work. A wrong --image-column is an argument
-    error, found on the first readable shard."""
-    rows: dict[str, int | None] = {}
-    checked = False
-    for uri in uris:
-        fs, path = open_fs(uri, storage_options)
-        try:
-            with named_errors(uri):
-                _open_regular(fs, path)
-                with fs.open(path, "rb") as f:
-                    footer = pq.ParquetFile(f)
-                    schema, rows[uri] = footer.schema_arrow, footer.metadata.num_rows
-        except UserError as exc:
-            if str(exc).startswith("cannot reach"):
-                raise
-            rows[uri] = None
-            continue
-        except Exception:  # a corrupt file: its own row says so
-            rows[uri] = None
-            continue
-        problem = None if checked else image_column_problem(schema, column)
-        if problem:
-            raise UserError(f"{redact(uri)} has {problem}; choose one with --image-column")
-        checked = True
-    return rows
-
-
-def _id_text(ident: object, row: int) -> str:
-    if ident is None:
-        return str(row)
-    if isinstance(ident, bytes):
-        return printable(ident.decode("utf-8", "surrogateescape"), local=False)
-    return str(ident)
-
-
-def parquet_samples(uri: str, size: int | None, version: str | None, task: ReadTask,
-                    skip: Skip) -> Iterator[Sample | None]:
-    """Rows of a Parquet shard; row groups whose rows are all done are not read (but their
-    ids are, so that the paths of later rows stay the same)."""
-    opts = task.options
-    shard = printable(redact(uri))
-    unique = UniquePaths()
-    fs, path = open_fs(uri, task.storage_options)
-    row = 0
-    try:
-        _open_regular(fs, path)
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            problem = image_column_problem(parquet.schema_arrow, opts.image_column)
-            if problem:
-                yield Sample(shard, error=problem, size=size, version=version)
-                return
-            has_id = opts.id_column in parquet.schema_arrow.names
-            for group in range(parquet.num_row_groups):
-                count = parquet.metadata.row_group(group).num_rows
-                if all(skip(i) for i in range(row, row + count)):
-                    ids = (parquet.read_row_group(group, columns=[opts.id_column])
-                           .column(0).to_pylist() if has_id else [None] * count)
-                    for ident in ids:
-                        unique(f"{shard}{SEPARATOR}{_id_text(ident, row)}")
-                        yield None
-                        row += 1
-                    continue
-                columns = [opts.image_column] + ([opts.id_column] if has_id else [])
-                for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH,
-                                                  row_groups=[group], columns=columns):
-                    ids = batch.column(1).to_pylist() if has_id else [None] * batch.num_rows
-                    for value, ident in zip(batch.column(0).to_pylist(), ids, strict=True):
-                        item = unique(f"{shard}{SEPARATOR}{_id_text(ident, row)}")
-                        yield None if skip(row) else _row_sample(item, value, opts.max_bytes,
-                                                                  size, version)
-                        row += 1
-    except Exception as exc:  # the shard's boundary
-        if is_transient(exc, fs):
-            raise
-        where = f" after row {row}" if row else ""
-        yield Sample(shard, error=f"unreadable Parquet shard{where} ({short_reason(exc)})",
-                     size=size, version=version)
-
-
-def _row_sample(path: str, value: object, limit: int, size: int | None,
-                version: str | None) -> Sample:
-    if isinstance(value, dict):  # Hugging Face's Image feature
-        value = value.get("bytes")
-    sample = Sample(path, size=size, version=version)
-    if not isinstance(value, bytes):
-        sample.error = "no image bytes in this row"
-    elif len(value) > limit:
-        sample.error = too_large(len(value), limit)
-    else:
-        sample.data = value
-    return sample

@@ -11,13 +11,10 @@ import os
 
 from fsspec.spec import AbstractFileSystem
 
-from effnet_ray.compaction import COMPACT, RECORD
 from effnet_ray.errors import UserError
-from effnet_ray.lease import LEASE
-from effnet_ray.listing import is_glob
-from effnet_ray.resume import MANIFEST
+from effnet_ray.inputs.listing import is_glob
+from effnet_ray.output.layout import LEASE, is_ours
 from effnet_ray.storage import (
-    TMP_PREFIX,
     display,
     is_local,
     is_read_only,
@@ -25,12 +22,6 @@ from effnet_ray.storage import (
     open_fs,
     redact,
 )
-from effnet_ray.writing import Part
-
-
-def is_ours(name: str) -> bool:
-    return (Part.parse(name) is not None or COMPACT.match(name) is not None
-            or name in (MANIFEST, LEASE, RECORD) or name.startswith(TMP_PREFIX))
 
 
 def _normal(fs: AbstractFileSystem, path: str) -> str:

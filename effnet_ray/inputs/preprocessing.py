@@ -14,8 +14,9 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from effnet_ray.inputs.samples import ImageError
+from effnet_ray.models.registry import ModelSpec, Step
 from effnet_ray.options import MAX_PIXELS
-from effnet_ray.registry import ModelSpec, Step
 
 _SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _CONVERTIBLE = {"1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr"}
@@ -25,10 +26,6 @@ _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
-
-
-class ImageError(Exception):
-    """An input that is not a usable image; its message is the row's `error`."""
 
 
 def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:

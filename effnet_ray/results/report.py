@@ -24,17 +24,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from effnet_ray.errors import UserError
-from effnet_ray.evaluate import COLUMNS, Evaluation, evaluate_table, read_output
-from effnet_ray.listing import SHARD_KINDS, suffix
+from effnet_ray.inputs.fetch import read_object
+from effnet_ray.inputs.listing import SHARD_KINDS, suffix
+from effnet_ray.inputs.preprocessing import decode
+from effnet_ray.inputs.reading import unit_samples
+from effnet_ray.inputs.samples import ReadTask, shards_of
+from effnet_ray.models.registry import ModelSpec, get_spec
 from effnet_ray.options import MAX_PIXELS, ReadOptions
-from effnet_ray.preprocessing import decode
-from effnet_ray.reading import ReadTask, read_object
-from effnet_ray.registry import ModelSpec, get_spec
-from effnet_ray.resume import read_manifest
-from effnet_ray.shards import SEPARATOR
+from effnet_ray.output.layout import TIME_FORMAT
+from effnet_ray.output.manifest import read_manifest
+from effnet_ray.output.rows import REASON_DETAIL
+from effnet_ray.results.evaluate import COLUMNS, Evaluation, evaluate_table, read_output
+from effnet_ray.results.truth import read_truth_file
 from effnet_ray.storage import local_path, open_fs, put_atomic, redact
-from effnet_ray.truth import read_truth_file
-from effnet_ray.writing import REASON_DETAIL
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +83,12 @@ def _charts(names: list[str], counts: list[int], confidence: np.ndarray) -> tupl
 
 def _shard_of(path: str) -> str | None:
     """The shard a sample's path names (`SHARD::KEY`), or None for a plain file."""
-    parts = path.split(SEPARATOR)
-    for i in range(len(parts) - 1, 0, -1):
-        shard = SEPARATOR.join(parts[:i])
-        if suffix(shard) in SHARD_KINDS:
-            return shard
-    return None
+    return next((s for s in shards_of(path) if suffix(s) in SHARD_KINDS), None)
 
 
 def fetch(paths: list[str], spec: ModelSpec, storage_options: dict | None = None
           ) -> dict[str, bytes]:
     """The bytes of the inputs behind output paths, where they can still be read."""
-    from effnet_ray.shards import parquet_samples, tar_samples
-
     task = ReadTask(ReadOptions(), spec, storage_options)
     found: dict[str, bytes] = {}
     by_shard: dict[str, set[str]] = defaultdict(set)
@@ -107,9 +102,9 @@ def fetch(paths: list[str], spec: ModelSpec, storage_options: dict | None = None
         except Exception as exc:  # a thumbnail is a nicety: the page says it is missing
             log.debug("no thumbnail for %s: %s", path, exc)
     for shard, wanted in list(by_shard.items())[:MAX_SHARDS]:
-        read = tar_samples if SHARD_KINDS[suffix(shard)] == "webdataset" else parquet_samples
         try:
-            for sample in read(local_path(shard), None, None, task, lambda i: False):
+            for sample in unit_samples(SHARD_KINDS[suffix(shard)], [local_path(shard)], [None],
+                                       [None], task, lambda i: False):
                 if sample is not None and sample.path in wanted and sample.data:
                     found[sample.path] = sample.data
         except Exception as exc:
@@ -141,8 +136,8 @@ def _runs(manifest: dict | None) -> list[dict]:
     for run in (manifest or {}).get("runs", []):
         seconds = None
         try:
-            started = datetime.strptime(run["started"], "%Y-%m-%dT%H:%M:%SZ")
-            ended = datetime.strptime(run["ended"], "%Y-%m-%dT%H:%M:%SZ")
+            started = datetime.strptime(run["started"], TIME_FORMAT)
+            ended = datetime.strptime(run["ended"], TIME_FORMAT)
             seconds = (ended - started).total_seconds()
         except (KeyError, TypeError, ValueError):
             pass

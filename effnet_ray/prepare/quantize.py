@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from effnet_ray.errors import UserError
-from effnet_ray.ir import check_contract, ir_sha256, metadata, read_ir, set_metadata
-from effnet_ray.listing import list_sources, work_units
+from effnet_ray.inputs.listing import list_sources, work_units
+from effnet_ray.inputs.reading import preprocess_sample, unit_samples
+from effnet_ray.inputs.samples import ReadTask
+from effnet_ray.models.ir import check_contract, ir_sha256, metadata, read_ir, set_metadata
+from effnet_ray.models.registry import ModelSpec
 from effnet_ray.options import ReadOptions
-from effnet_ray.reading import ReadTask, preprocess_sample, unit_samples
-from effnet_ray.registry import ModelSpec
 from effnet_ray.storage import atomic_folder, redact
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from effnet_ray.cluster import (
+from effnet_ray.errors import UserError
+from effnet_ray.inputs.listing import Unit
+from effnet_ray.inputs.reading import read_units
+from effnet_ray.inputs.samples import ReadTask
+from effnet_ray.models.registry import load_class_names
+from effnet_ray.output.commit import Committer
+from effnet_ray.output.lease import LeaseLost
+from effnet_ray.output.manifest import end_run, start_run
+from effnet_ray.output.resume import Committed, scan, tidy
+from effnet_ray.output.rows import reason_kind
+from effnet_ray.run.cluster import (
     READER_CPUS,
     Watchdog,
     actor_decoders,
@@ -29,18 +39,11 @@ from effnet_ray.cluster import (
     pool_size,
     start_ray,
 )
-from effnet_ray.errors import UserError
-from effnet_ray.inference import Classifier, DecodingClassifier, ModelFile
-from effnet_ray.lease import LeaseLost
-from effnet_ray.listing import Unit
-from effnet_ray.pools import actor_request
-from effnet_ray.preflight import RunPlan
-from effnet_ray.progress import LogLines, ProgressState, Reporter
-from effnet_ray.reading import ReadTask, read_units
-from effnet_ray.registry import load_class_names
-from effnet_ray.resume import Committed, end_run, scan, start_run, tidy
+from effnet_ray.run.inference import Classifier, DecodingClassifier, ModelFile
+from effnet_ray.run.placement import actor_request
+from effnet_ray.run.preflight import RunPlan
+from effnet_ray.run.progress import LogLines, ProgressState, Reporter
 from effnet_ray.storage import is_transient, printable, short_reason
-from effnet_ray.writing import Committer, reason_kind
 
 log = logging.getLogger(__name__)
 

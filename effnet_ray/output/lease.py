@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
+from effnet_ray.output.layout import LEASE, timestamp
 from effnet_ray.storage import (
     TMP_PREFIX,
     display,
@@ -42,7 +43,6 @@ from effnet_ray.storage import (
 
 log = logging.getLogger(__name__)
 
-LEASE = "_lease.json"
 HEARTBEAT = 30.0
 EXPIRY = 600.0
 
@@ -90,7 +90,7 @@ def _new_holder(token: str) -> Holder:
     pid = os.getpid()
     return Holder(token=token, host=socket.gethostname(), pid=pid,
                   process_start=_process_start(pid),
-                  started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  started=timestamp(),
                   heartbeat=time.time())
 
 

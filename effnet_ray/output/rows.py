@@ -6,46 +6,15 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from effnet_ray.batch import ImageBatch
-from effnet_ray.lease import check_holder
-from effnet_ray.storage import open_fs, put_atomic, retrying
+from effnet_ray.inputs.batch import ImageBatch
 
 # An error's details, in parentheses after its reason ("undecodable image (...)").
 REASON_DETAIL = r"\s*\(.*$"
-_PART = re.compile(r"^part-([0-9a-f]{16})-(\d{7,})-n(\d+)-e(\d+)(-last)?\.parquet$")
-
-
-@dataclass(frozen=True)
-class Part:
-    """One committed file: rows `first`.. of a work unit (`last`: the unit's final rows).
-
-    Its name carries all of this, so listing names tells what is done without opening files.
-    """
-
-    uid: str
-    first: int
-    rows: int
-    errors: int
-    last: bool
-
-    @property
-    def name(self) -> str:
-        return (f"part-{self.uid}-{self.first:07d}-n{self.rows}-e{self.errors}"
-                f"{'-last' if self.last else ''}.parquet")
-
-    @classmethod
-    def parse(cls, name: str) -> Part | None:
-        match = _PART.match(name)
-        if not match:
-            return None
-        uid, first, rows, errors, last = match.groups()
-        return cls(uid, int(first), int(rows), int(errors), last is not None)
 
 
 def reason_kind(error: str) -> str:
@@ -169,28 +138,3 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-class Committer:
-    """Commits one batch's rows as one part, in the actor that labelled them: a part is done
-    exactly when Ray sees the call finish, and a retried call rewrites the same name.
-
-    Before each write it checks that the output's lease still names this run (`token`): a
-    worker of a killed driver cannot write into a run that started after it.
-    """
-
-    def __init__(self, output: str, token: str, storage_options: dict | None = None) -> None:
-        self.output, self.token = output, token
-        self._storage_options = storage_options
-
-    def __repr__(self) -> str:  # never the storage options
-        return f"Committer({self.output!r})"
-
-    def __call__(self, batch: ImageBatch, table: pa.Table) -> Part:
-        fs, folder = open_fs(self.output, self._storage_options)
-        part = Part(batch.uid, batch.first, table.num_rows,
-                    table.num_rows - table.column("error").null_count, batch.last)
-        data = parquet_bytes(table)
-        check_holder(fs, folder, self.token)
-        # A retried batch whose error count came out differently leaves a second file for
-        # the same rows; the scan at the end of the run (or the next start) keeps one.
-        retrying(lambda: put_atomic(fs, f"{folder}/{part.name}", data), fs)
-        return part

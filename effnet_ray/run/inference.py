@@ -24,19 +24,15 @@ import pyarrow as pa
 import ray
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
-from effnet_ray.batch import ImageBatch
-from effnet_ray.ir import (
-    check_contract,
-    default_cache_dir,
-    local_ir,
-    one_at_a_time,
-    pooled_features,
-    read_ir,
-)
+from effnet_ray.inputs.batch import ImageBatch
+from effnet_ray.inputs.reading import unit_batches
+from effnet_ray.inputs.samples import ReadTask
+from effnet_ray.models.cache import default_cache_dir, local_ir, one_at_a_time
+from effnet_ray.models.ir import check_contract, pooled_features, read_ir
+from effnet_ray.models.registry import ModelSpec, load_class_names
 from effnet_ray.options import PRECISIONS, InferenceOptions
-from effnet_ray.reading import ReadTask, unit_batches
-from effnet_ray.registry import ModelSpec, load_class_names
-from effnet_ray.writing import Part, result_table
+from effnet_ray.output.layout import Part
+from effnet_ray.output.rows import result_table
 
 REQUESTS_PER_OPTIMAL = 4
 
@@ -205,15 +201,15 @@ class Classifier:
                             self.options.top_k, embeddings=embeddings[0] if embeddings else None,
                             keep_logits=not self.options.no_logits)
 
-    def finish(self, batch: ImageBatch, inferring: Inferring | None = None) -> pa.Table:
+    def label_and_commit(self, batch: ImageBatch, inferring: Inferring | None = None) -> pa.Table:
         """Label and commit one batch; what was committed, as a row for the driver."""
         rows = self.label(batch, inferring)
-        return committed(self.commit(batch, rows), rows)
+        return part_row(self.commit(batch, rows), rows)
 
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
         """Ray Data stage over decoded batches (a row of `table` each)."""
         for row in range(table.num_rows):
-            yield self.finish(ImageBatch.from_arrow(table, row))
+            yield self.label_and_commit(ImageBatch.from_arrow(table, row))
 
 
 class DecodingClassifier(Classifier):
@@ -233,13 +229,13 @@ class DecodingClassifier(Classifier):
         for batch in unit_batches(units, self.read):
             ahead = (batch, self.submit(batch.images))
             if behind:
-                yield self.finish(*behind)
+                yield self.label_and_commit(*behind)
             behind = ahead
         if behind:
-            yield self.finish(*behind)
+            yield self.label_and_commit(*behind)
 
 
-def committed(part: Part, rows: pa.Table) -> pa.Table:
+def part_row(part: Part, rows: pa.Table) -> pa.Table:
     """A committed part as one row for the driver: where it is, its counts, its classes and
     reasons."""
     return pa.table({"uid": [part.uid], "first": [part.first], "last": [part.last],

@@ -6,32 +6,15 @@ whether the weights are random), so a file found on disk says what it is.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from tempfile import TemporaryDirectory
 from xml.etree import ElementTree
 
-import numpy as np
 import openvino as ov
-from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
-from effnet_ray.registry import ModelSpec
-from effnet_ray.storage import (
-    TMP_PREFIX,
-    atomic_folder,
-    display,
-    is_local,
-    named_errors,
-    open_fs,
-    redact,
-    retrying,
-)
+from effnet_ray.models.registry import ModelSpec
 
 META_KEY = "effnet_ray"
 
@@ -158,113 +141,3 @@ def ir_sha256(xml: str | Path) -> str:
     return file_sha256(xml, Path(xml).with_suffix(".bin"))
 
 
-def complexity(model: ov.Model) -> tuple[int, int]:
-    """(parameters, FLOPs) the way model cards count them.
-
-    Parameters: elements of the floating-point constants that feed a computation (weights,
-    biases, folded BatchNorm scales). FLOPs: 2 per multiply-accumulate of convolutions and
-    matrix products, plus one per output element of elementwise arithmetic.
-    """
-    params = 0
-    flops = 0
-    for op in model.get_ordered_ops():
-        kind = op.get_type_name()
-        if kind == "Constant":
-            if op.get_output_element_type(0).is_real() and _feeds_arithmetic(op):
-                params += int(np.prod(op.get_output_shape(0), dtype=np.int64))
-        elif kind in ("Convolution", "GroupConvolution"):
-            out = op.get_output_shape(0)
-            weights = op.input(1).get_shape()
-            per_output = int(np.prod(weights[-2:])) * (
-                weights[2] if kind == "GroupConvolution" else weights[1])
-            flops += 2 * int(np.prod(out, dtype=np.int64)) * per_output
-        elif kind == "MatMul":
-            a = op.input(0).get_shape()
-            transpose_a = op.get_attributes().get("transpose_a", False)
-            k = a[-2] if transpose_a else a[-1]
-            flops += 2 * int(np.prod(op.get_output_shape(0), dtype=np.int64)) * k
-        elif kind in ("Add", "Multiply", "Subtract", "Divide", "Sigmoid", "Swish", "Clamp",
-                      "ReduceMean", "Relu", "HSwish"):
-            flops += int(np.prod(op.get_output_shape(0), dtype=np.int64))
-    return params, flops
-
-
-def _feeds_arithmetic(const: ov.Node) -> bool:
-    arithmetic = {"Convolution", "GroupConvolution", "MatMul", "Add", "Multiply", "Subtract"}
-    for target in const.output(0).get_target_inputs():
-        node = target.get_node()
-        if node.get_type_name() == "Convert":  # compressed weights are decompressed first
-            return _feeds_arithmetic(node)
-        if node.get_type_name() in arithmetic:
-            return True
-    return False
-
-
-def default_cache_dir() -> Path:
-    """$EFFNET_RAY_CACHE, else $XDG_CACHE_HOME/effnet-ray, else ~/.cache/effnet-ray."""
-    if os.environ.get("EFFNET_RAY_CACHE"):
-        return Path(os.environ["EFFNET_RAY_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "effnet-ray"
-
-
-def prepared_path(cache: Path, name: str, random_seed: int | None = None) -> Path:
-    folder = name if random_seed is None else f"{name}-random-seed{random_seed}"
-    return cache / "models" / folder / "model.xml"
-
-
-def int8_path(source: Path) -> Path:
-    """Where `models quantize` puts the INT8 IR of a prepared model: a folder beside it."""
-    return source.parent.with_name(source.parent.name + "-int8") / "model.xml"
-
-
-def local_ir(model_path: str, cache: Path, storage_options: dict | None = None,
-             expected_sha256: str | None = None) -> Path:
-    """A local, checksum-verified copy of the IR at `model_path` (a path or a store URI).
-
-    An IR on an object store is fetched once per machine into `cache/fetched/<sha256>/`,
-    under a lock and complete before it gets that name; a local path is used in place. With
-    `expected_sha256` (the driver's), a node whose copy differs is refused instead of
-    labelling with another model.
-    """
-    fs, path = open_fs(model_path, storage_options)
-    if is_local(fs):
-        local = Path(path)
-        if expected_sha256 and ir_sha256(local) != expected_sha256:
-            raise UserError(f"model file {local} on this node differs from the one the run "
-                            "was started with (sha256); use an object-store URI for the IR")
-        return local
-    if not path.endswith(".xml"):
-        raise UserError(f"model file {model_path} is not an OpenVINO IR (.xml)")
-    fetched = cache / "fetched"
-    # one fetch per machine: actors starting together wait for the first one's copy
-    with one_at_a_time(fetched):
-        if expected_sha256 and (fetched / expected_sha256 / "model.xml").is_file():
-            return fetched / expected_sha256 / "model.xml"
-        return _fetch(fs, path, model_path, fetched, expected_sha256)
-
-
-@contextmanager
-def one_at_a_time(folder: Path) -> Iterator[None]:
-    """Processes of one machine that write into `folder` take turns (actors starting
-    together on a node)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _fetch(fs: AbstractFileSystem, path: str, model_path: str, fetched: Path,
-           expected_sha256: str | None) -> Path:
-    with TemporaryDirectory(prefix=TMP_PREFIX, dir=fetched) as tmp:
-        with named_errors(display(fs, path)):
-            for source, name in ((path, "model.xml"), (path[:-4] + ".bin", "model.bin")):
-                retrying(lambda s=source, n=name: fs.get_file(s, f"{tmp}/{n}"), fs)
-        digest = ir_sha256(f"{tmp}/model.xml")
-        if expected_sha256 and digest != expected_sha256:
-            raise UserError(f"model file {redact(model_path)} changed since the run started "
-                            "(sha256)")
-        with atomic_folder(fetched / digest) as dest:
-            for name in ("model.xml", "model.bin"):
-                os.rename(f"{tmp}/{name}", dest / name)
-    return fetched / digest / "model.xml"

@@ -1,0 +1,110 @@
+"""`_manifest.json`: what an output's rows were made with, and each run that wrote them.
+
+A rerun whose identity (model, IR checksum, precision, top-k, grouping, inputs...) differs
+from the manifest's would mix results, and is refused before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+from importlib import metadata as package_metadata
+
+from fsspec.spec import AbstractFileSystem
+
+from effnet_ray.errors import UserError
+from effnet_ray.options import default, option_names
+from effnet_ray.output.layout import COMPACT, MANIFEST, Part, timestamp
+from effnet_ray.storage import display, named_errors, put_atomic
+
+VERSIONED = ("effnet-ray", "ray", "openvino", "pyarrow", "numpy", "pillow", "fsspec")
+
+
+def read_manifest(fs: AbstractFileSystem, path: str) -> dict | None:
+    where = f"{display(fs, path)}/{MANIFEST}"
+    with named_errors(where):
+        if not fs.exists(f"{path}/{MANIFEST}"):
+            return None
+        text = fs.cat_file(f"{path}/{MANIFEST}")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise UserError(f"{where} is not valid JSON; pass --overwrite to start over") from None
+
+
+def check_resumable(fs: AbstractFileSystem, path: str, wanted: dict) -> dict | None:
+    """The manifest to continue, or None for an empty folder; refuses a mixed output."""
+    where = display(fs, path)
+    manifest = read_manifest(fs, path)
+    if manifest is None:
+        with named_errors(where):
+            names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] \
+                if fs.isdir(path) else []
+        parquet = sorted(n for n in names if n.endswith(".parquet"))
+        foreign = [n for n in parquet if not (Part.parse(n) or COMPACT.match(n))]
+        if foreign:
+            raise UserError(f"output {where} holds Parquet files of another tool "
+                            f"({', '.join(foreign[:3])}); choose an empty or new folder")
+        if parquet:
+            raise UserError(f"output {where} holds results of an earlier run without its "
+                            "manifest; pass --overwrite to start over")
+        return None
+    had = manifest.get("identity", {})
+    # an option added since the output was made counts as its default there
+    differ = [k for k in wanted if had.get(k, _default(k)) != wanted.get(k)]
+    if differ:
+        what = "; ".join(f"{k}: {_show(had.get(k))} there, {_show(wanted.get(k))} now"
+                         for k in differ)
+        raise UserError(f"output {where} holds results made differently ({what}); rerun with "
+                        "the same settings to resume, or pass --overwrite to start over")
+    return manifest
+
+
+def _default(name: str) -> object:
+
+    return default(name) if name in option_names() else None
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = package_metadata.version(name)
+        except package_metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+
+def start_run(fs: AbstractFileSystem, path: str, manifest: dict | None, wanted: dict,
+              extra: dict) -> dict:
+    """Record a run's start; an earlier run still marked running was killed."""
+    manifest = manifest or {"identity": wanted, "runs": []}
+    for run in manifest["runs"]:
+        if run.get("status") == "running":
+            run["status"] = "interrupted"
+    manifest["runs"].append({"started": timestamp(), "ended": None, "status": "running",
+                             "host": socket.gethostname(), "versions": versions(), **extra})
+    manifest["status"] = "incomplete"
+    write_manifest(fs, path, manifest)
+    return manifest
+
+
+def end_run(fs: AbstractFileSystem, path: str, manifest: dict, status: str,
+            counts: dict) -> None:
+    manifest["runs"][-1].update(ended=timestamp(), status=status, **counts)
+    if status == "complete":
+        manifest["status"] = "complete"
+    write_manifest(fs, path, manifest)
+
+
+def write_manifest(fs: AbstractFileSystem, path: str, manifest: dict) -> None:
+    data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    with named_errors(display(fs, path)):
+        put_atomic(fs, f"{path}/{MANIFEST}", data)
