@@ -26,7 +26,7 @@ test: $(STAMP) lint
 
 # The fast layer: pure parts and single stages without Ray, in seconds.
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests/test_unit_*.py
+	$(BIN)/python -m pytest -m unit
 
 # Run alone: any other job on the cores moves these figures by 30% or more.
 bench: $(STAMP)

@@ -13,11 +13,10 @@ import numpy as np
 import openvino as ov
 from PIL import Image
 
-from effnet_ray.cli import PHOTOS
 from effnet_ray.inputs.listing import IMAGE_EXTENSIONS
 from effnet_ray.inputs.preprocessing import preprocess_bytes
 from effnet_ray.models.ir import ir_sha256
-from effnet_ray.models.registry import ModelSpec
+from effnet_ray.models.registry import PHOTOS, ModelSpec
 from effnet_ray.options import InferenceOptions
 from effnet_ray.run.inference import ModelFile, compile_model
 

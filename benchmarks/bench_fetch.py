@@ -15,12 +15,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import s3fs  # noqa: E402
 from synthetic import cpu  # noqa: E402
 
-from effnet_ray.cli import PHOTOS  # noqa: E402
 from effnet_ray.inputs import fetch  # noqa: E402
 from effnet_ray.inputs.listing import list_sources  # noqa: E402
 from effnet_ray.inputs.reading import read_units  # noqa: E402
 from effnet_ray.inputs.samples import ReadTask
-from effnet_ray.models.registry import get_spec  # noqa: E402
+from effnet_ray.models.registry import (
+    PHOTOS,  # noqa: E402
+    get_spec,  # noqa: E402
+)
 from effnet_ray.options import ReadOptions  # noqa: E402
 from tests.helpers import FlakyProxy, start_moto  # noqa: E402
 

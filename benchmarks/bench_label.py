@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anchors import benchmark_app, imagenet_like, openvino_on_photos, preprocessed  # noqa: E402
 from synthetic import cpu  # noqa: E402
 
-from effnet_ray.cli import prepare_model  # noqa: E402
 from effnet_ray.models.cache import default_cache_dir, int8_path  # noqa: E402
 from effnet_ray.models.registry import get_spec  # noqa: E402
+from effnet_ray.prepare.convert import prepare_model  # noqa: E402
 
 MODEL = "efficientnet-b7-pytorch"
 CLI = str(Path(sys.executable).parent / "effnet-ray")

@@ -28,9 +28,9 @@ from anchors import (  # noqa: E402
 )
 from synthetic import cpu  # noqa: E402
 
-from effnet_ray.cli import prepare_model  # noqa: E402
 from effnet_ray.models.cache import default_cache_dir  # noqa: E402
 from effnet_ray.models.registry import get_spec  # noqa: E402
+from effnet_ray.prepare.convert import prepare_model  # noqa: E402
 
 MODEL = "efficientnet-lite0"
 

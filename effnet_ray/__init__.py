@@ -1,30 +1,42 @@
-"""effnet-ray: label millions of images with EfficientNet on a Ray cluster, OpenVINO inside."""
+"""effnet-ray: label millions of images with EfficientNet on a Ray cluster, OpenVINO inside.
+
+    options = effnet_ray.LabelOptions.build(["photos/"], "out/", top_k=3)
+    summary = effnet_ray.label(options)
+
+The options and errors load at once; `label`, `Summary` and `ProgressState` load Ray and
+OpenVINO, so they are imported on first use: making and checking options stays instant.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from typing import TYPE_CHECKING
 
 from effnet_ray.errors import UserError
+from effnet_ray.options import (
+    InferenceOptions,
+    LabelOptions,
+    PlacementOptions,
+    ReadOptions,
+    RunOptions,
+)
 
 if TYPE_CHECKING:
+    from effnet_ray.api import label
     from effnet_ray.run.job import Summary
+    from effnet_ray.run.progress import ProgressState
 
 __version__ = "0.1.0"
 
-
-def label(inputs: list[str], output: str, progress: Callable | None = None,
-          **options: object) -> Summary:
-    """Run the labeling job from Python; takes the same options as `effnet-ray label`.
-
-    Messages go to the `effnet_ray` logger (progress lines at INFO, warnings at WARNING);
-    attach a handler to see or route them. `progress`, if given, is called instead of the
-    progress lines with an `effnet_ray.progress.ProgressState` after every commit."""
-    from effnet_ray.options import build_options
-    from effnet_ray.run.job import run
-    from effnet_ray.run.preflight import prepare_run
-
-    return run(prepare_run(build_options(inputs, output, **options)), progress)
+_ON_FIRST_USE = {"label": "effnet_ray.api", "Summary": "effnet_ray.run.job",
+                 "ProgressState": "effnet_ray.run.progress"}
 
 
-__all__ = ["UserError", "label", "__version__"]
+def __getattr__(name: str) -> object:
+    if name in _ON_FIRST_USE:
+        return getattr(importlib.import_module(_ON_FIRST_USE[name]), name)
+    raise AttributeError(f"module 'effnet_ray' has no attribute {name!r}")
+
+
+__all__ = ["InferenceOptions", "LabelOptions", "PlacementOptions", "ProgressState",
+           "ReadOptions", "RunOptions", "Summary", "UserError", "__version__", "label"]

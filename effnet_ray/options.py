@@ -1,10 +1,11 @@
 """The options of a labeling run: defined, defaulted and validated here, with no I/O.
 
 Every option is a field of one of four frozen sub-configs, grouped by the stage that uses it;
-its default lives only on that field, and `identity=True` marks the options that decide what
-the output rows are (a rerun that changes one of them would mix results). The command line
-and the Python API pass the same flat names (`top_k=10`); `build_options` resolves them in
-this order of precedence: given explicitly > the `--pool` profile > the field's default.
+its default, its help text and whether it decides what the output rows are (`identity`: a
+rerun that changes one would mix results) live only on that field, and `effnet-ray label`'s
+flags are made from the fields. `LabelOptions.build` takes the flat names (`top_k=10`) and
+resolves them in this order of precedence: given explicitly > the `--pool` profile > the
+field's default. A `LabelOptions` validates itself when made.
 Anything that needs a file, a device or the network is checked later, by `preflight`.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -34,8 +36,11 @@ _JSON = ("storage_options", "actor_resources", "actor_labels", "reader_resources
          "reader_labels")
 
 
-def _option(default: Any = None, *, identity: bool = False, factory: Any = None) -> Any:
-    meta = {"identity": identity}
+def _option(default: Any = None, *, help: str, identity: bool = False, factory: Any = None,
+            shown: str | None = None) -> Any:
+    """A field that is also a flag of `effnet-ray label`: `help` says what it does, `shown`
+    replaces "(default X)" where the default needs words."""
+    meta = {"identity": identity, "help": help, "shown": shown}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -43,51 +48,91 @@ def _option(default: Any = None, *, identity: bool = False, factory: Any = None)
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """Listing and the decoding tasks: what is an input, how it is grouped and bounded."""
+    """Listing and decoding: what is an input, how it is grouped and bounded."""
 
-    layout: str = _option("auto", identity=True)
-    image_column: str = _option("image", identity=True)
-    id_column: str = _option("id", identity=True)
-    unit_size: int = _option(64, identity=True)  # image files per work unit, on average
-    batch_size: int = _option(32, identity=True)  # images per actor call = per output file
-    max_pixels: int = _option(MAX_PIXELS)
-    max_bytes: int = _option(MAX_BYTES)
+    layout: str = _option("auto", identity=True,
+                          help="auto (by extension), files, webdataset or parquet")
+    image_column: str = _option("image", identity=True,
+                                help="Parquet inputs: the image bytes column")
+    id_column: str = _option("id", identity=True,
+                             help="Parquet inputs: the id column, else row numbers")
+    unit_size: int = _option(64, identity=True,
+                             help="image files per work unit, on average (a shard is one unit); "
+                             "a decoding task holds 8 or more units")
+    batch_size: int = _option(32, identity=True,
+                              help="images per inference-actor call, committed together as one "
+                              "output file (OpenVINO gets one image per request)")
+    max_pixels: int = _option(MAX_PIXELS,
+                              help="larger images, decoded or resized, are error rows")
+    max_bytes: int = _option(MAX_BYTES, help="larger files, tar members and Parquet values are "
+                             "error rows, never read whole")
 
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    model: str = _option(DEFAULT_MODEL, identity=True)
-    model_path: str = _option("")  # "": the prepared model in the cache
-    device: str = _option("CPU")
-    precision: str = _option("auto", identity=True)
-    top_k: int = _option(5, identity=True)
-    threads: int = _option(0)  # 0: all cores
-    embeddings: bool = _option(False, identity=True)  # the pooled features, as a column
-    no_logits: bool = _option(False, identity=True)  # drop the 1000 logits
-    cache_dir: str | None = _option(None)  # None: each machine's default cache
+    """The model and how the actors run it."""
+
+    model: str = _option(DEFAULT_MODEL, identity=True, help="model name")
+    model_path: str = _option("", help="an IR (.xml) to use instead of the prepared one",
+                              shown="the prepared model in the cache")
+    device: str = _option("CPU", help="OpenVINO device: CPU, GPU, GPU.N, AUTO...")
+    precision: str = _option("auto", identity=True,
+                             help="f32, bf16, f16, auto (the device's default) or int8 (the "
+                             "model from `models quantize`)")
+    top_k: int = _option(5, identity=True, help="classes kept per image")
+    threads: int = _option(0, help="OpenVINO threads per actor (0: all cores)")
+    embeddings: bool = _option(False, identity=True,
+                               help="add an embedding column: the pooled features that feed the "
+                               "classifier (2560 floats for B7, 1280 for Lite0), from the same "
+                               "inference")
+    no_logits: bool = _option(False, identity=True,
+                              help="leave out the logits column (1000 floats a row) for smaller "
+                              "files")
+    cache_dir: str | None = _option(None, help="prepared models and compiled blobs",
+                                    shown="$EFFNET_RAY_CACHE or ~/.cache/effnet-ray on each "
+                                    "machine")
 
 
 @dataclass(frozen=True)
 class PlacementOptions:
-    pool: str = _option("")
-    actors: int | str = _option(1)  # or "auto": as many as the cluster holds
-    actor_cpus: float = _option(1.0)
-    actor_gpus: float | None = _option(None)  # None: 1 with a GPU device, else 0
-    actor_resources: dict = _option(factory=dict)
-    actor_labels: dict = _option(factory=dict)
-    reader_resources: dict = _option(factory=dict)
-    reader_labels: dict = _option(factory=dict)
-    address: str | None = _option(None)  # None: start a local Ray for the run
+    """Where the actors and the decoding tasks run."""
+
+    pool: str = _option("", help="a pool profile from configs/pools (cpu, cpu-pinned, "
+                        "intel-gpu...): device and placement in one flag; options given here "
+                        "win", shown="none")
+    actors: int | str = _option(1, help="OpenVINO actors, or auto (as many as the cluster "
+                                "holds)")
+    actor_cpus: float = _option(1.0, help="logical CPUs each actor reserves")
+    actor_gpus: float | None = _option(None, help="GPUs each actor reserves",
+                                       shown="1 with --device GPU, else 0")
+    actor_resources: dict = _option(factory=dict, help='Ray resources an actor needs, e.g. '
+                                    '\'{"ov_cpu": 1}\'', shown="none")
+    actor_labels: dict = _option(factory=dict, help='node labels an actor needs, e.g. '
+                                 '\'{"pool": "inference"}\'', shown="none")
+    reader_resources: dict = _option(factory=dict, help="Ray resources a decoding task needs",
+                                     shown="none")
+    reader_labels: dict = _option(factory=dict, help="node labels a decoding task needs",
+                                  shown="none")
+    address: str | None = _option(None, help="an existing Ray cluster, e.g. auto",
+                                  shown="start a new local Ray for the run")
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    overwrite: bool = _option(False)
-    fail_on_error: bool = _option(False)
-    stall_timeout: float = _option(900.0)  # seconds without a commit before the run stops
-    break_lease: bool = _option(False)
-    progress_seconds: float = _option(15.0)  # between progress lines, off a terminal
-    verbose: bool = _option(False)  # Ray's own INFO logs and progress UI on the console
+    """How the run behaves around the work."""
+
+    overwrite: bool = _option(False, help="start over, deleting what an earlier run wrote into "
+                              "--output (a folder holding anything else is refused)",
+                              shown="resume")
+    fail_on_error: bool = _option(False,
+                                  help="exit non-zero when any image could not be labelled")
+    stall_timeout: float = _option(900.0, help="seconds without a committed image before the "
+                                   "run stops (a rerun resumes)")
+    break_lease: bool = _option(False, help="take the output over from a run that holds it "
+                                "(only when that run is known to be gone)")
+    progress_seconds: float = _option(15.0, help="seconds between progress lines when stderr "
+                                      "is not a terminal (on a terminal: a live bar)")
+    verbose: bool = _option(False, help="show Ray's own INFO logs and progress output too")
 
 
 GROUPS = {"read": ReadOptions, "inference": InferenceOptions, "placement": PlacementOptions,
@@ -96,14 +141,48 @@ GROUPS = {"read": ReadOptions, "inference": InferenceOptions, "placement": Place
 
 @dataclass(frozen=True)
 class LabelOptions:
-    inputs: tuple[str, ...] = _option((), identity=True)
-    output: str = _option("")
+    inputs: tuple[str, ...] = _option((), identity=True, help="image files, folders "
+                                      "(recursive) or glob patterns, local or URIs")
+    output: str = _option("", help="folder for the Parquet files (not an input, nor a folder "
+                          "holding one)")
     read: ReadOptions = field(default_factory=ReadOptions)
     inference: InferenceOptions = field(default_factory=InferenceOptions)
     placement: PlacementOptions = field(default_factory=PlacementOptions)
     run: RunOptions = field(default_factory=RunOptions)
     # repr=False: credentials may be in here and must never reach a log line
     storage_options: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", tuple(str(i) for i in self.inputs))
+        if self.placement.actor_gpus is None:  # Ray places GPU actors by its GPU resource
+            gpus = 1.0 if self.inference.device.startswith("GPU") else 0.0
+            object.__setattr__(self, "placement", replace(self.placement, actor_gpus=gpus))
+        validate(self)
+
+    @classmethod
+    def build(cls, inputs: Sequence[str], output: str, **flags: object) -> LabelOptions:
+        """Options from flat names (`top_k=10`, as the flags without dashes), in this order
+        of precedence: given explicitly > the `pool` profile > the field's default. Values
+        may be text, as on a command line; raises UserError on the first fault."""
+        names = option_names()
+        unknown = set(flags) - set(names) - {"storage_options"}
+        if unknown:
+            raise UserError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        given = {k: v for k, v in flags.items() if v is not None}
+        if given.get("pool"):  # the profile's settings, unless given explicitly
+            given = {**get_pool(str(given["pool"])), **given}
+        for name in _JSON:
+            if name in given or name == "storage_options":
+                given[name] = parse_json_object(name.replace("_", "-"), given.get(name))
+        if "actors" in given:
+            given["actors"] = parse_actors(given["actors"])
+        for name, kind in _numeric().items():
+            if name in given:
+                given[name] = _number(name, given[name], kind)
+        storage = given.pop("storage_options", {})
+        groups = {group: kind(**{k: v for k, v in given.items() if names.get(k) == group})
+                  for group, kind in GROUPS.items()}
+        return cls(inputs=tuple(inputs), output=str(output), storage_options=storage, **groups)
 
     def identity(self) -> dict:
         """The options that decide what the rows are, by their flat names."""
@@ -159,37 +238,6 @@ def _number(name: str, value: object, kind: type) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise UserError(f"{_flag(name)} must be a number, not {value!r}") from None
-
-
-def build_options(inputs: list[str] | tuple[str, ...], output: str, **given: object
-                  ) -> LabelOptions:
-    """Resolve and validate every option; raises UserError on the first fault."""
-    names = option_names()
-    unknown = set(given) - set(names) - {"storage_options"}
-    if unknown:
-        raise UserError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    given = {k: v for k, v in given.items() if v is not None}
-    if given.get("pool"):  # the profile's settings, unless given explicitly
-        given = {**get_pool(str(given["pool"])), **given}
-    for name in _JSON:
-        if name in given or name == "storage_options":
-            given[name] = parse_json_object(name.replace("_", "-"), given.get(name))
-    if "actors" in given:
-        given["actors"] = parse_actors(given["actors"])
-    for name, kind in _numeric().items():
-        if name in given:
-            given[name] = _number(name, given[name], kind)
-    storage = given.pop("storage_options", {})
-    groups = {group: cls(**{k: v for k, v in given.items() if names.get(k) == group})
-              for group, cls in GROUPS.items()}
-    placement = groups["placement"]
-    if placement.actor_gpus is None:  # Ray places GPU actors by its GPU resource
-        gpus = 1.0 if groups["inference"].device.startswith("GPU") else 0.0
-        groups["placement"] = replace(placement, actor_gpus=gpus)
-    options = LabelOptions(inputs=tuple(str(i) for i in inputs), output=str(output),
-                           storage_options=storage, **groups)
-    validate(options)
-    return options
 
 
 def validate(options: LabelOptions) -> None:

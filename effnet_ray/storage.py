@@ -134,15 +134,28 @@ def _transient_one(exc: BaseException) -> bool:
         return True
     if type(exc).__name__ in _TRANSIENT_NAMES:
         return True
-    response = getattr(exc, "response", None)  # botocore's ClientError
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code", "")
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    code, status = _status(exc)
+    if code or status:
         return code in _THROTTLING or status >= 500 or status == 429
     status = getattr(exc, "status", None)  # aiohttp's ClientResponseError (http stores)
     if isinstance(status, int) and type(exc).__name__ == "ClientResponseError":
         return status >= 500 or status == 429
     return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNO
+
+
+def _status(exc: BaseException) -> tuple[str, int]:
+    """(error code, HTTP status) of an object store's client error, else ("", 0)."""
+    response = getattr(exc, "response", None)  # botocore's ClientError
+    if not isinstance(response, dict):
+        return "", 0
+    return (response.get("Error", {}).get("Code", ""),
+            response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def precondition_failed(exc: BaseException) -> bool:
+    """Whether a conditional write (If-Match) was refused because the object changed."""
+    return any(_status(e)[0] == "PreconditionFailed" or _status(e)[1] == 412
+               for e in _chain(exc))
 
 
 def is_transient(exc: BaseException, fs: AbstractFileSystem | None = None) -> bool:
@@ -162,6 +175,18 @@ def unreachable(exc: FileNotFoundError) -> BaseException | None:
     return next((e for e in _chain(exc) if e is not exc and _transient_one(e)), None)
 
 
+class Unreachable(UserError):
+    """A store that did not answer, or answered with an error of its own."""
+
+
+def names_in(fs: AbstractFileSystem, path: str) -> list[str]:
+    """The names directly in a folder, as the store says now; none if there is no folder."""
+    fs.invalidate_cache()
+    if not fs.isdir(path):
+        return []
+    return [n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)]
+
+
 @contextmanager
 def named_errors(uri: str) -> Iterator[None]:
     """A store's failure as one line naming the URI (never its credentials). Only store
@@ -174,13 +199,13 @@ def named_errors(uri: str) -> Iterator[None]:
     except FileNotFoundError as exc:
         cause = unreachable(exc)
         if cause is not None:
-            raise UserError(f"cannot reach {shown}: {short_reason(cause)}") from exc
+            raise Unreachable(f"cannot reach {shown}: {short_reason(cause)}") from exc
         raise UserError(f"{shown} does not exist") from None
     except PermissionError:
         raise UserError(f"access to {shown} is denied") from None
     except Exception as exc:
         if is_transient(exc) or _is_store_error(exc):
-            raise UserError(f"cannot reach {shown}: {short_reason(exc)}") from exc
+            raise Unreachable(f"cannot reach {shown}: {short_reason(exc)}") from exc
         raise
 
 

@@ -5,7 +5,7 @@ import os
 import pytest
 from PIL import Image, ImageOps
 
-from effnet_ray.cli import PHOTOS
+from effnet_ray.models.registry import PHOTOS
 from tests.helpers import B7_SEEDS, IMAGES, S3_SECRET, run_cli, start_moto
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -17,8 +17,8 @@ import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util.state import list_actors, list_nodes
 
-from effnet_ray.cli import PHOTOS
 from effnet_ray.models.ir import ir_sha256
+from effnet_ray.models.registry import PHOTOS
 from tests.helpers import IMAGES, ROOT, S3Requests, free_port, pids_where, rows_by_name
 
 RAY = str(Path(sys.executable).parent / "ray")

@@ -124,14 +124,13 @@ def test_a_crash_right_after_the_record_is_finished_by_the_next_compact(planted,
                                                                         monkeypatch):
     """The moment a kill rarely hits: the record is written, the new files are still hidden
     and the old parts still there. The record decides: each row is counted once."""
-    import effnet_ray.output.resume as resume
-    from effnet_ray.output.compaction import compact
+    import effnet_ray.output.compaction as compaction
 
     out = tmp_path / "out"
     shutil.copytree(planted, out)
     reference = sorted_rows(out)
     calls = []
-    real_tidy = resume.tidy
+    real_tidy = compaction.tidy
 
     def tidy_then_crash(*args):
         calls.append(1)
@@ -139,9 +138,9 @@ def test_a_crash_right_after_the_record_is_finished_by_the_next_compact(planted,
             raise KeyboardInterrupt
         return real_tidy(*args)
 
-    monkeypatch.setattr(resume, "tidy", tidy_then_crash)
+    monkeypatch.setattr(compaction, "tidy", tidy_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        compact(str(out), 60_000)
+        compaction.compact(str(out), 60_000)
     monkeypatch.undo()
     assert len(list(out.glob("part-*"))) == 300 and list(out.glob(".tmp-compact-*"))
     assert (out / "_compaction.json").exists() and not list(out.glob("compact-*"))

@@ -72,12 +72,13 @@ def test_a_resumed_run_counts_what_was_already_done(many_photos, lite0_ir, tmp_p
     out = tmp_path / "out"
     options = dict(model="efficientnet-lite0", model_path=str(lite0_ir), precision="f32",
                    batch_size=4, unit_size=8)
-    effnet_ray.label([str(inputs)], str(out), **options)
+    effnet_ray.label(effnet_ray.LabelOptions.build([str(inputs)], str(out), **options))
     for i in range(4):
         shutil.copy(many_photos / "img000.jpg", inputs / f"new{i}.jpg")
     states = []
-    summary = effnet_ray.label([str(inputs)], str(out), progress=lambda s: states.append(
-        (s.done, s.total, s.done_at_start)), **options)
+    summary = effnet_ray.label(effnet_ray.LabelOptions.build([str(inputs)], str(out), **options),
+                               progress=lambda s: states.append(
+                                   (s.done, s.total, s.done_at_start)))
     first, last = states[0], states[-1]
     assert first[1] == last[1] == 88 and last[0] == 88
     assert first[2] >= 84 - 16  # only the units the new files fell into are redone

@@ -13,8 +13,7 @@ import pyarrow.dataset as pads
 import pytest
 from PIL import Image, ImageOps
 
-from effnet_ray.cli import PHOTOS
-from effnet_ray.models.registry import load_wnids
+from effnet_ray.models.registry import PHOTOS, load_wnids
 from tests.helpers import debian_tool, one_line_error, run_cli
 
 WNIDS = load_wnids("imagenet_2012.txt")

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from effnet_ray.cli import PHOTOS
+from effnet_ray.models.registry import PHOTOS
 from tests.helpers import CLI, one_line_error, run_cli
 
 JPEG = (PHOTOS / "coffee.jpg").read_bytes()

@@ -12,13 +12,12 @@ import threading
 import numpy as np
 import pytest
 
-from effnet_ray.cli import PHOTOS
 from effnet_ray.inputs.batch import ImageBatch
 from effnet_ray.inputs.listing import IMAGE_EXTENSIONS
 from effnet_ray.inputs.reading import read_units
 from effnet_ray.inputs.samples import ReadTask
 from effnet_ray.models.ir import ir_sha256
-from effnet_ray.models.registry import get_spec
+from effnet_ray.models.registry import PHOTOS, get_spec
 from effnet_ray.options import InferenceOptions, ReadOptions
 from effnet_ray.output.layout import Part
 from effnet_ray.run.inference import (

@@ -16,8 +16,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from PIL import Image
 
-from effnet_ray.cli import PHOTOS
 from effnet_ray.inputs.listing import Source, list_sources, work_units
+from effnet_ray.models.registry import PHOTOS
 from tests.helpers import S3_SECRET, free_port, one_line_error, run_cli, start_moto
 
 LITE0 = ["--model", "efficientnet-lite0", "--precision", "f32"]

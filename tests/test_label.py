@@ -10,8 +10,7 @@ import pyarrow.dataset as pads
 import pytest
 
 import effnet_ray
-from effnet_ray.cli import PHOTOS
-from effnet_ray.models.registry import get_spec, load_class_names
+from effnet_ray.models.registry import PHOTOS, get_spec, load_class_names
 from tests.helpers import F32_TOLERANCE, one_line_error, run_cli
 from tests.reference import PlainOpenVINO, omz_preprocess, rel_l2
 
@@ -135,9 +134,15 @@ def test_output_reads_as_one_dataset_in_pandas_and_duckdb(lite0_run, inputs, tmp
 
 
 def test_python_api_runs_the_same_job(lite0_ir, tmp_path):
-    summary = effnet_ray.label([str(PHOTOS / "chelsea.jpg"), str(PHOTOS / "coffee.jpg")],
-                               str(tmp_path / "out"), model="efficientnet-lite0",
-                               model_path=str(lite0_ir), top_k=3)
+    states = []
+    options = effnet_ray.LabelOptions(
+        inputs=(str(PHOTOS / "chelsea.jpg"), str(PHOTOS / "coffee.jpg")),
+        output=str(tmp_path / "out"),
+        inference=effnet_ray.InferenceOptions(model="efficientnet-lite0",
+                                              model_path=str(lite0_ir), top_k=3))
+    summary = effnet_ray.label(options, progress=states.append)
+    assert isinstance(summary, effnet_ray.Summary)
+    assert all(isinstance(s, effnet_ray.ProgressState) for s in states) and states[-1].done == 2
     assert (summary.images, summary.labelled, summary.errors) == (2, 2, 0)
     table = read_output(tmp_path / "out")
     assert all(len(ids) == 3 for ids in table.column("top_k_ids").to_pylist())

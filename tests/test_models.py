@@ -10,10 +10,9 @@ import openvino as ov
 import pytest
 import torch
 
-from effnet_ray.cli import PHOTOS
 from effnet_ray.errors import UserError
 from effnet_ray.models.ir import metadata
-from effnet_ray.models.registry import get_spec
+from effnet_ray.models.registry import PHOTOS, get_spec
 from effnet_ray.prepare.convert import pretrained_network
 from effnet_ray.prepare.weights import download, packaged_weights
 from tests.helpers import F32_TOLERANCE, normalised, one_line_error, run_cli

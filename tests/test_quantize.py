@@ -7,9 +7,8 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from effnet_ray.cli import PHOTOS
 from effnet_ray.models.ir import ir_sha256, metadata
-from effnet_ray.models.registry import get_spec
+from effnet_ray.models.registry import PHOTOS, get_spec
 from effnet_ray.prepare.quantize import contract_tensor
 from tests.helpers import one_line_error, run_cli
 from tests.reference import omz_preprocess

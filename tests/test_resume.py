@@ -19,10 +19,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from effnet_ray.cli import PHOTOS
 from effnet_ray.errors import UserError
 from effnet_ray.inputs.batch import ImageBatch
 from effnet_ray.inputs.listing import list_sources, work_units
+from effnet_ray.models.registry import PHOTOS
 from effnet_ray.output.commit import Committer
 from effnet_ray.output.lease import Lease, LeaseLost, _replace, check_holder, read_holder
 from effnet_ray.storage import open_fs

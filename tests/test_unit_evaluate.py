@@ -9,6 +9,8 @@ from effnet_ray.models.registry import load_wnids
 from effnet_ray.results.evaluate import calibration_error, evaluate_table
 from effnet_ray.results.truth import UNKNOWN, from_file, ground_truth, read_truth_file
 
+pytestmark = pytest.mark.unit  # pure parts and single stages, without Ray
+
 WNIDS = load_wnids("imagenet_2012.txt")
 
 

@@ -8,6 +8,8 @@ import pytest
 from effnet_ray.errors import UserError
 from effnet_ray.models.ir import pooled_features
 
+pytestmark = pytest.mark.unit  # pure parts and single stages, without Ray
+
 
 def classifier(compressed=False):
     features = ops.parameter([1, 8], np.float32, name="x")

@@ -9,6 +9,8 @@ import pytest
 from effnet_ray.errors import UserError
 from effnet_ray.inputs.listing import Source, list_sources, suffix, work_units
 
+pytestmark = pytest.mark.unit  # pure parts and single stages, without Ray
+
 JPEG_HEAD = b"\xff\xd8\xff\xe0" + b"\0" * 20
 
 

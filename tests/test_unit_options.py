@@ -7,11 +7,13 @@ import pytest
 from PIL import Image
 
 from effnet_ray.errors import UserError
-from effnet_ray.options import MAX_PIXELS, LabelOptions, build_options, default, option_names
+from effnet_ray.options import MAX_PIXELS, LabelOptions, default, option_names
+
+pytestmark = pytest.mark.unit  # pure parts and single stages, without Ray
 
 
 def test_defaults_live_on_the_fields():
-    options = build_options(["in"], "out")
+    options = LabelOptions.build(["in"], "out")
     assert options.read.batch_size == default("batch_size") == 32
     assert options.inference.top_k == default("top_k") == 5
     assert options.read.max_pixels == MAX_PIXELS
@@ -20,20 +22,20 @@ def test_defaults_live_on_the_fields():
 
 
 def test_explicit_beats_the_pool_profile_beats_the_default():
-    pooled = build_options(["in"], "out", pool="cpu")
+    pooled = LabelOptions.build(["in"], "out", pool="cpu")
     assert pooled.placement.actor_cpus == 4 and pooled.inference.threads == 4
     assert pooled.placement.actors == "auto"
-    mine = build_options(["in"], "out", pool="cpu", actor_cpus=2, actors="3")
+    mine = LabelOptions.build(["in"], "out", pool="cpu", actor_cpus=2, actors="3")
     assert mine.placement.actor_cpus == 2 and mine.placement.actors == 3
 
 
 def test_a_gpu_device_reserves_a_gpu_unless_told_otherwise():
-    assert build_options(["in"], "out", device="GPU").placement.actor_gpus == 1.0
-    assert build_options(["in"], "out", device="GPU", actor_gpus=0).placement.actor_gpus == 0
+    assert LabelOptions.build(["in"], "out", device="GPU").placement.actor_gpus == 1.0
+    assert LabelOptions.build(["in"], "out", device="GPU", actor_gpus=0).placement.actor_gpus == 0
 
 
 def test_identity_names_what_decides_the_rows():
-    identity = build_options(["a", "b"], "out", top_k=3).identity()
+    identity = LabelOptions.build(["a", "b"], "out", top_k=3).identity()
     assert identity == {"inputs": ["a", "b"], "layout": "auto", "image_column": "image",
                         "id_column": "id", "unit_size": 64, "batch_size": 32,
                         "model": "efficientnet-b7-pytorch", "precision": "auto", "top_k": 3,
@@ -72,18 +74,18 @@ def test_every_flat_name_belongs_to_one_group():
 def test_a_bad_option_is_one_clear_error(given, message):
     output = given.pop("output", "out")
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        build_options(["in"], output, **given)
+        LabelOptions.build(["in"], output, **given)
 
 
 def test_no_input_and_an_empty_input_are_refused():
     with pytest.raises(UserError, match="no input"):
-        build_options([], "out")
+        LabelOptions.build([], "out")
     with pytest.raises(UserError, match="empty string"):
-        build_options([""], "out")
+        LabelOptions.build([""], "out")
 
 
 def test_options_are_frozen_and_keep_credentials_out_of_their_repr():
-    options = build_options(["in"], "out", storage_options='{"secret": "s3cr3t"}')
+    options = LabelOptions.build(["in"], "out", storage_options='{"secret": "s3cr3t"}')
     assert "s3cr3t" not in repr(options)
     with pytest.raises(AttributeError):
         options.output = "elsewhere"
@@ -91,8 +93,8 @@ def test_options_are_frozen_and_keep_credentials_out_of_their_repr():
 
 
 def test_parsing_options_imports_neither_ray_nor_openvino():
-    code = ("import sys; from effnet_ray.options import build_options; "
-            "build_options(['x'], 'y', pool='cpu'); "
+    code = ("import sys; from effnet_ray.options import LabelOptions; "
+            "LabelOptions.build(['x'], 'y', pool='cpu'); "
             "print(sorted(m for m in ('ray', 'openvino', 'fsspec') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

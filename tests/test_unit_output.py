@@ -23,6 +23,8 @@ from effnet_ray.output.resume import scan, tidy
 from effnet_ray.output.rows import parquet_bytes, result_table, top_k_ids
 from effnet_ray.storage import open_fs, put_atomic
 
+pytestmark = pytest.mark.unit  # pure parts and single stages, without Ray
+
 NAMES = load_class_names("imagenet_2012.txt")
 
 

@@ -19,16 +19,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from effnet_ray.cli import PHOTOS
 from effnet_ray.errors import UserError
 from effnet_ray.inputs.batch import ImageBatch
 from effnet_ray.inputs.fetch import read_local
 from effnet_ray.inputs.parquet import read_footers
 from effnet_ray.inputs.reading import read_units
 from effnet_ray.inputs.samples import ImageError, ReadTask
-from effnet_ray.models.registry import get_spec
+from effnet_ray.models.registry import PHOTOS, get_spec
 from effnet_ray.options import MAX_BYTES, ReadOptions
 from effnet_ray.storage import printable
+
+pytestmark = pytest.mark.unit  # pure parts and single stages, without Ray
 
 JPEG = (PHOTOS / "coffee.jpg").read_bytes()
 SPEC = get_spec("efficientnet-lite0")

@@ -19,6 +19,8 @@ from effnet_ray.storage import (
     retrying,
 )
 
+pytestmark = pytest.mark.unit  # pure parts and single stages, without Ray
+
 
 @pytest.mark.parametrize("uri, protocol", [
     ("/data/x.jpg", "file"), ("x::y.jpg", "file"), ("rel/a[1].jpg", "file"),

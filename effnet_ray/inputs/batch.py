@@ -53,11 +53,6 @@ class ImageBatch:
     def rows(self) -> int:
         return len(self.paths)
 
-    @property
-    def good(self) -> np.ndarray:
-        """Indices of the rows that have an image."""
-        return np.array([i for i, e in enumerate(self.errors) if e is None], dtype=np.int64)
-
     def to_arrow(self) -> pa.Table:
         images = np.ascontiguousarray(self.images, dtype=np.uint8)
         offsets = pa.py_buffer(np.array([0, images.nbytes], dtype=np.int64))

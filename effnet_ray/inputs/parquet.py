@@ -1,5 +1,7 @@
 """Parquet shards of image bytes -> samples, `SHARD::ID` each (binary columns, or Hugging
-Face's image struct); and their footers, read once before a run."""
+Face's image struct); and their footers, read once before a run.
+
+A repeated id gets `#2`, `#3`... in the order met; a null id is the row number."""
 
 from __future__ import annotations
 
@@ -11,7 +13,15 @@ import pyarrow.parquet as pq
 from effnet_ray.errors import UserError
 from effnet_ray.inputs.fetch import check_regular
 from effnet_ray.inputs.samples import SEPARATOR, ReadTask, Sample, Skip, UniquePaths, too_large
-from effnet_ray.storage import is_transient, named_errors, open_fs, printable, redact, short_reason
+from effnet_ray.storage import (
+    Unreachable,
+    is_transient,
+    named_errors,
+    open_fs,
+    printable,
+    redact,
+    short_reason,
+)
 
 ROWS_PER_BATCH = 8
 
@@ -49,9 +59,9 @@ def read_footers(uris: list[str], column: str, storage_options: dict | None
                 with fs.open(path, "rb") as f:
                     footer = pq.ParquetFile(f)
                     schema, rows[uri] = footer.schema_arrow, footer.metadata.num_rows
-        except UserError as exc:
-            if str(exc).startswith("cannot reach"):
-                raise
+        except Unreachable:
+            raise
+        except UserError:
             rows[uri] = None
             continue
         except Exception:  # a corrupt file: its own row says so

@@ -1,10 +1,11 @@
-"""Work units -> samples -> `ImageBatch`es: the CPU stage that runs as Ray tasks.
+"""Work units -> samples -> `ImageBatch`es: the CPU stage. It runs as Ray tasks that feed
+the inference actors, or, on a one-node CPU cluster, in threads of the actors themselves
+(`run/inference.DecodingClassifier`).
 
-A sample is one row of the output: a path plus the image's bytes or the reason there are
-none. This module is the one sample boundary: whatever goes wrong while reading, decoding or
+This module is the one sample boundary: whatever goes wrong while reading, decoding or
 preprocessing one file, tar member or Parquet row (or a whole shard) becomes that row's (or
 the shard's) reason; only a store failure that may pass (`storage.is_transient`) escapes,
-after its retries, so that the task fails and a rerun labels those images instead of
+after its retries, so that the work unit fails and a rerun labels those images instead of
 committing them as errors.
 
 Work is bounded per item: only regular files and regular tar members are opened, at most
@@ -12,7 +13,7 @@ Work is bounded per item: only regular files and regular tar members are opened,
 read itself stops one byte past the limit, because a store or a file can lie), and
 preprocessing refuses any image, decoded or intermediate, above `max_pixels`.
 
-Each task streams its unit and yields one batch per `batch_size` samples: the rows one actor
+Each work unit is streamed and yields one batch per `batch_size` samples: the rows one actor
 call labels and one output part commits. Parts a previous run committed are skipped before
 their bytes are read (files, Parquet row groups) or decoded (members of a tar stream).
 """

@@ -1,9 +1,8 @@
-"""Shards -> samples: WebDataset tar streams (also gzip'd) and Parquet files of image bytes.
+"""WebDataset shards -> samples: tar streams (also gzip'd), `SHARD::KEY` each.
 
-Paths are `SHARD::KEY` (tar) and `SHARD::ID` (Parquet), unique within a shard by
-construction: a key or id seen before in the shard (a duplicate key, two members of one name,
-a repeated id) gets `#2`, `#3`... in the order met; a null id is the row number; a tar key
-that is not valid UTF-8 is percent-encoded. Hard and symbolic link members resolve to their
+Paths are unique within a shard by construction: a key seen before in the shard (a duplicate
+key, two members of one name) gets `#2`, `#3`... in the order met; a key that is not valid
+UTF-8 is percent-encoded. Hard and symbolic link members resolve to their
 target inside the tar: samples that hold a link are labelled after the shard's other samples,
 once a second pass over the stream has read their targets.
 """
@@ -56,72 +55,93 @@ def _link_target(member: tarfile.TarInfo) -> str:
     return posixpath.normpath(posixpath.join(folder, member.linkname).lstrip("/"))
 
 
+class _Stream:
+    """One pass over a shard's members: consecutive members with one key form a sample.
+
+    Samples without links are given out as they end, in order (`regular` counts them);
+    samples that hold a link wait, as their key and member names, for the second pass.
+    """
+
+    def __init__(self, shard: str, size: int | None, version: str | None, skip: Skip,
+                 limit: int) -> None:
+        self.shard, self.size, self.version, self.skip, self.limit = (shard, size, version,
+                                                                     skip, limit)
+        self.unique = UniquePaths()
+        self.regular = 0
+        self.deferred: list[tuple[str, dict]] = []  # (key, {ext: archive name})
+        self.links: dict[str, str] = {}
+        self._start(None)
+
+    def _start(self, key: str | None) -> None:
+        self.key, self.members, self.names, self.has_link = key, {}, {}, False
+
+    def path(self, key: str) -> str:
+        return self.unique(f"{self.shard}{SEPARATOR}{printable(key, local=False)}")
+
+    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> Iterator[Sample | None]:
+        """Take one member; yields the sample it ends, if any."""
+        if member.isdir():
+            return
+        key, ext = _key(member.name)
+        if key != self.key or ext in self.names:
+            yield from self.end()
+            self._start(key)
+        self.names[ext] = member.name
+        if member.issym() or member.islnk():
+            self.links[member.name] = _link_target(member)
+            self.has_link = True
+        elif not member.isfile():
+            self.members[ext] = _Bad(f"member {member.name} is not a regular file")
+        else:
+            read = not self.has_link and not self.skip(self.regular)
+            self.members[ext] = _member_value(tar, member, self.limit, read)
+
+    def end(self) -> Iterator[Sample | None]:
+        """The sample being gathered is complete."""
+        if self.key is None:
+            return
+        if self.has_link:
+            self.deferred.append((self.key, dict(self.names)))
+            return
+        path = self.path(self.key)
+        yield None if self.skip(self.regular) else _sample_from(path, self.members, self.size,
+                                                                self.version)
+        self.regular += 1
+
+    def broken(self, reason: str) -> Iterator[Sample]:
+        """The stream failed: what was gathered, the samples waiting on links, and a row for
+        the shard saying where it stopped."""
+        if self.key is not None and not self.has_link:
+            if self.members:
+                yield _sample_from(self.path(self.key), self.members, self.size, self.version)
+            else:
+                yield Sample(self.unique(f"{self.shard}{SEPARATOR}{self.key}"),
+                             error=f"truncated shard ({reason})")
+        for key, _ in self.deferred:
+            yield Sample(self.path(key),
+                         error=f"link target not read: the shard is unreadable ({reason})")
+        yield Sample(self.shard,
+                     error=f"unreadable shard after {self.key or 'its start'} ({reason})")
+
+
 def tar_samples(uri: str, size: int | None, version: str | None, task: ReadTask,
                 skip: Skip) -> Iterator[Sample | None]:
     """Stream a WebDataset shard: consecutive members with one key form one sample."""
-    shard = printable(redact(uri))
-    limit = task.options.max_bytes
-    unique = UniquePaths()
+    stream = _Stream(printable(redact(uri)), size, version, skip, task.options.max_bytes)
     fs, path = open_fs(uri, task.storage_options)
-    regular = 0  # samples emitted in order, without links
-    deferred: list[tuple[str, dict]] = []  # (key, {ext: archive name}) of samples with links
-    links: dict[str, str] = {}
-    key, members, names, has_link = None, {}, {}, False
-
-    def sample(key: str, members: dict, index: int | None) -> Sample | None:
-        item = unique(f"{shard}{SEPARATOR}{printable(key, local=False)}")
-        if index is not None and skip(index):
-            return None
-        return _sample_from(item, members, size, version)
-
-    def emit() -> Iterator[Sample | None]:
-        nonlocal regular
-        if key is None:
-            return
-        if has_link:
-            deferred.append((key, dict(names)))
-            return
-        yield sample(key, members, regular)
-        regular += 1
-
     try:
         check_regular(fs, path)
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
-                if member.isdir():
-                    continue
-                member_key, ext = _key(member.name)
-                if member_key != key or ext in names:
-                    yield from emit()
-                    key, members, names, has_link = member_key, {}, {}, False
-                names[ext] = member.name
-                if member.issym() or member.islnk():
-                    links[member.name] = _link_target(member)
-                    has_link = True
-                elif not member.isfile():
-                    members[ext] = _Bad(f"member {member.name} is not a regular file")
-                else:
-                    members[ext] = _member_value(tar, member, limit,
-                                                 read=not has_link and not skip(regular))
-            yield from emit()
+                yield from stream.add(tar, member)
+            yield from stream.end()
     except Exception as exc:  # the shard's boundary: keep what was read, say where it stopped
         if is_transient(exc, fs):
             raise
-        reason = short_reason(exc)
-        if key is not None and not has_link:
-            if members:
-                yield sample(key, members, None)
-            else:
-                yield Sample(unique(f"{shard}{SEPARATOR}{key}"),
-                             error=f"truncated shard ({reason})")
-        for dkey, _ in deferred:
-            yield Sample(unique(f"{shard}{SEPARATOR}{printable(dkey, local=False)}"),
-                         error=f"link target not read: the shard is unreadable ({reason})")
-        yield Sample(shard, error=f"unreadable shard after {key or 'its start'} ({reason})")
+        yield from stream.broken(short_reason(exc))
         return
-    if deferred:
-        yield from _linked_samples(fs, path, shard, deferred, links, task, skip, regular,
-                                   unique, size, version)
+    if stream.deferred:
+        yield from _linked_samples(fs, path, stream, task)
 
 
 def _resolve(name: str, links: dict[str, str]) -> str | None:
@@ -132,12 +152,11 @@ def _resolve(name: str, links: dict[str, str]) -> str | None:
     return None  # a link loop
 
 
-def _linked_samples(fs: object, path: str, shard: str, deferred: list, links: dict,
-                    task: ReadTask, skip: Skip, first: int, unique: UniquePaths,
-                    size: int | None, version: str | None) -> Iterator[Sample | None]:
+def _linked_samples(fs: object, path: str, stream: _Stream, task: ReadTask
+                    ) -> Iterator[Sample | None]:
     """Second pass: read the members that samples with links need, then emit them."""
-    limit = task.options.max_bytes
-    todo = [(first + i, key, names) for i, (key, names) in enumerate(deferred)]
+    limit, skip, links = task.options.max_bytes, stream.skip, stream.links
+    todo = [(stream.regular + i, key, names) for i, (key, names) in enumerate(stream.deferred)]
     wanted = {_resolve(name, links) for index, _, names in todo if not skip(index)
               for name in names.values()} - {None}
     found: dict[str, bytes | _Bad] = {}
@@ -153,7 +172,7 @@ def _linked_samples(fs: object, path: str, shard: str, deferred: list, links: di
                 raise
             problem = short_reason(exc)
     for index, key, names in todo:
-        item = unique(f"{shard}{SEPARATOR}{printable(key, local=False)}")
+        item = stream.path(key)
         if skip(index):
             yield None
             continue
@@ -166,7 +185,7 @@ def _linked_samples(fs: object, path: str, shard: str, deferred: list, links: di
                 why = "a link loop" if target is None else f"no regular member {target}"
                 members[ext] = _Bad(f"link {name} leads to {why}"
                                     + (f" (shard unreadable: {problem})" if problem else ""))
-        yield _sample_from(item, members, size, version)
+        yield _sample_from(item, members, stream.size, stream.version)
 
 
 def _text(value: bytes | _Bad | None) -> str | None:

@@ -15,6 +15,7 @@ import openvino as ov
 
 from effnet_ray.errors import UserError
 from effnet_ray.models.registry import ModelSpec
+from effnet_ray.storage import atomic_folder
 
 META_KEY = "effnet_ray"
 
@@ -141,3 +142,8 @@ def ir_sha256(xml: str | Path) -> str:
     return file_sha256(xml, Path(xml).with_suffix(".bin"))
 
 
+def save_ir(model: ov.Model, dest: Path) -> Path:
+    """Write model.xml/.bin into `dest`'s folder atomically: a crash leaves no half IR."""
+    with atomic_folder(dest.parent, replace=True) as tmp:
+        ov.save_model(model, tmp / dest.name, compress_to_fp16=False)
+    return dest

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 from effnet_ray.errors import UserError
 from effnet_ray.models.configs import configs_dir, no_extra, read_toml, take
@@ -20,6 +21,8 @@ PREPROCESS_OPS = {
     "central_fraction_crop": {"fraction"},
 }
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
+# Real photos shipped with the package: the demo's inputs and conversion's calibration set.
+PHOTOS = Path(str(resources.files("effnet_ray"))) / "data" / "photos"
 
 
 @dataclass(frozen=True)

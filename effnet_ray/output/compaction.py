@@ -21,12 +21,14 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
-from effnet_ray.output.layout import Part, timestamp
+from effnet_ray.output.layout import Part, compact_name, timestamp
 from effnet_ray.output.lease import Lease
 from effnet_ray.output.manifest import read_manifest, write_manifest
 from effnet_ray.output.record import (
@@ -36,7 +38,7 @@ from effnet_ray.output.record import (
     write_compacted,
     write_record,
 )
-from effnet_ray.output.resume import scan, tidy
+from effnet_ray.output.resume import Committed, scan, tidy
 from effnet_ray.storage import named_errors, open_fs, redact
 
 log = logging.getLogger(__name__)
@@ -73,64 +75,85 @@ def compact(out: str, target_size: int = DEFAULT_TARGET, storage_options: dict |
                             "same label command to finish it, then compact")
         committed = scan(fs, folder)
         tidy(fs, folder, committed, None)
-        files, in_files = committed.record, committed.compacted
         parts = [p for starts in committed.parts.values() for p in starts.values()]
         rows = sum(p.rows for p in parts)
-        loose = [p for p in parts if (p.uid, p.first) not in in_files]
-        if not loose:
-            log.info("%s is compacted already (%d files)", shown, len(files))
+        if all((p.uid, p.first) in committed.compacted for p in parts):
+            log.info("%s is compacted already (%d files)", shown, len(committed.record))
             return 0, rows
-        sizes = {n.rsplit("/", 1)[-1]: s for n, s in
-                 ((i["name"], i["size"]) for i in fs.ls(folder, detail=True))}
-        total_bytes = sum(sizes.get(p.name, 0) for p in loose) + sum(
-            sizes.get(f.name, 0) for f in files)
-        per_row = max(1.0, total_bytes / max(1, rows))
-        per_file = max(1, int(target_size / per_row))
-
-        def table_of(part: Part) -> pa.Table:
-            if (part.uid, part.first) in in_files:
-                return read_rows(fs, folder, in_files[(part.uid, part.first)], part)
-            with fs.open(f"{folder}/{part.name}", "rb") as handle:
-                return pq.read_table(handle)
-
-        first_path = {}
-        schemas = []
-        for part in parts:  # a loose part's path column and footer, not its rows
-            if (part.uid, part.first) in in_files:
-                table = table_of(part)
-                schema = table.schema
-            else:
-                with fs.open(f"{folder}/{part.name}", "rb") as handle:
-                    parquet = pq.ParquetFile(handle)
-                    schema = parquet.schema_arrow
-                    table = parquet.read(columns=["path"])
-            schemas.append(schema)
-            first_path[(part.uid, part.first)] = table.column("path")[0].as_py() \
-                if table.num_rows else ""
-        schema = pa.unify_schemas(schemas)
-        order = sorted(parts, key=lambda p: (first_path[(p.uid, p.first)], p.uid, p.first))
-        groups, current, count = [], [], 0
-        for part in order:
-            if current and count + part.rows > per_file:
-                groups.append(current)
-                current, count = [], 0
-            current.append(part)
-            count += part.rows
-        if current:
-            groups.append(current)
-        generation = uuid.uuid4().hex[:8]
-        new = []
-        for index, group in enumerate(groups):
-            name = f"compact-{generation}-{index:05d}.parquet"
-            write_compacted(fs, folder, name, (table_of(p) for p in group), schema,
-                   group_rows(per_row))
-            new.append(CompactFile(name, tuple(group)))
-        write_record(fs, folder, new)  # the commit point
-        tidy(fs, folder, scan(fs, folder), None)  # rename into place, delete what it covers
+        files = _rewrite(fs, folder, committed, parts, target_size)
         manifest.setdefault("compactions", []).append({
-            "at": timestamp(), "files": len(new),
-            "rows": rows, "target_size": target_size})
+            "at": timestamp(), "files": files, "rows": rows, "target_size": target_size})
         write_manifest(fs, folder, manifest)
-        return len(new), rows
+        return files, rows
     finally:
         lease.release()
+
+
+def _rewrite(fs: AbstractFileSystem, folder: str, committed: Committed, parts: list[Part],
+             target_size: int) -> int:
+    """Write every part into new compacted files in path order, commit them with the record,
+    and remove what they replace; returns the number of files."""
+    per_row = _bytes_per_row(fs, folder, committed, parts)
+    schema, order = _in_path_order(fs, folder, committed, parts)
+    generation = uuid.uuid4().hex[:8]
+    new = []
+    for index, group in enumerate(_groups(order, max(1, int(target_size / per_row)))):
+        name = compact_name(generation, index)
+        write_compacted(fs, folder, name, (_table_of(fs, folder, committed, p) for p in group),
+                        schema, group_rows(per_row))
+        new.append(CompactFile(name, tuple(group)))
+    write_record(fs, folder, new)  # the commit point
+    tidy(fs, folder, scan(fs, folder), None)  # rename into place, delete what it covers
+    return len(new)
+
+
+def _bytes_per_row(fs: AbstractFileSystem, folder: str, committed: Committed,
+                   parts: list[Part]) -> float:
+    sizes = {i["name"].rsplit("/", 1)[-1]: i["size"] for i in fs.ls(folder, detail=True)}
+    total = sum(sizes.get(p.name, 0) for p in parts
+                if (p.uid, p.first) not in committed.compacted)
+    total += sum(sizes.get(f.name, 0) for f in committed.record)
+    return max(1.0, total / max(1, sum(p.rows for p in parts)))
+
+
+def _table_of(fs: AbstractFileSystem, folder: str, committed: Committed, part: Part
+              ) -> pa.Table:
+    """A part's rows, from its own file or from the compacted file that holds it."""
+    if (part.uid, part.first) in committed.compacted:
+        return read_rows(fs, folder, committed.compacted[(part.uid, part.first)], part)
+    with fs.open(f"{folder}/{part.name}", "rb") as handle:
+        return pq.read_table(handle)
+
+
+def _in_path_order(fs: AbstractFileSystem, folder: str, committed: Committed,
+                   parts: list[Part]) -> tuple[pa.Schema, list[Part]]:
+    """The schema every part fits, and the parts in the order of their first path; a loose
+    part's path column and footer are read, not its rows."""
+    first_path, schemas = {}, []
+    for part in parts:
+        if (part.uid, part.first) in committed.compacted:
+            table = _table_of(fs, folder, committed, part)
+            schema = table.schema
+        else:
+            with fs.open(f"{folder}/{part.name}", "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                schema = parquet.schema_arrow
+                table = parquet.read(columns=["path"])
+        schemas.append(schema)
+        first_path[(part.uid, part.first)] = table.column("path")[0].as_py() \
+            if table.num_rows else ""
+    order = sorted(parts, key=lambda p: (first_path[(p.uid, p.first)], p.uid, p.first))
+    return pa.unify_schemas(schemas), order
+
+
+def _groups(parts: list[Part], per_file: int) -> Iterator[list[Part]]:
+    """Consecutive parts of about `per_file` rows; a part is never split."""
+    current, count = [], 0
+    for part in parts:
+        if current and count + part.rows > per_file:
+            yield current
+            current, count = [], 0
+        current.append(part)
+        count += part.rows
+    if current:
+        yield current

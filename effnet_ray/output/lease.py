@@ -36,6 +36,7 @@ from effnet_ray.storage import (
     is_local,
     is_transient,
     named_errors,
+    precondition_failed,
     protocols,
     put_atomic,
     retrying,
@@ -175,7 +176,7 @@ def _replace(fs: AbstractFileSystem, folder: str, data: bytes, stale: Holder,
         try:
             fs.pipe_file(path, data, IfMatch=version)
         except OSError as exc:
-            if "PreconditionFailed" in repr(exc.__cause__) or "412" in str(exc):
+            if precondition_failed(exc):
                 return False
             raise
         return True

@@ -16,7 +16,7 @@ from fsspec.spec import AbstractFileSystem
 from effnet_ray.errors import UserError
 from effnet_ray.options import default, option_names
 from effnet_ray.output.layout import COMPACT, MANIFEST, Part, timestamp
-from effnet_ray.storage import display, named_errors, put_atomic
+from effnet_ray.storage import display, named_errors, names_in, put_atomic
 
 VERSIONED = ("effnet-ray", "ray", "openvino", "pyarrow", "numpy", "pillow", "fsspec")
 
@@ -39,8 +39,7 @@ def check_resumable(fs: AbstractFileSystem, path: str, wanted: dict) -> dict | N
     manifest = read_manifest(fs, path)
     if manifest is None:
         with named_errors(where):
-            names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] \
-                if fs.isdir(path) else []
+            names = names_in(fs, path)
         parquet = sorted(n for n in names if n.endswith(".parquet"))
         foreign = [n for n in parquet if not (Part.parse(n) or COMPACT.match(n))]
         if foreign:

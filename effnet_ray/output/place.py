@@ -19,6 +19,7 @@ from effnet_ray.storage import (
     is_local,
     is_read_only,
     named_errors,
+    names_in,
     open_fs,
     redact,
 )
@@ -64,9 +65,7 @@ def clear(fs: AbstractFileSystem, path: str) -> int:
     (a folder of other files is someone's data, not an old run). Returns files deleted."""
     where = display(fs, path)
     with named_errors(where):
-        fs.invalidate_cache()
-        names = [n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] \
-            if fs.isdir(path) else []
+        names = names_in(fs, path)
         foreign = sorted(n for n in names if not is_ours(n))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"

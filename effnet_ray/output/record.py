@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
-from effnet_ray.output.layout import RECORD, Part, staged
+from effnet_ray.output.layout import RECORD, Part, compact_name, staged
 from effnet_ray.output.rows import parquet_options
 from effnet_ray.storage import named_errors, put_atomic, redact
 
@@ -125,7 +125,7 @@ def cut(fs: AbstractFileSystem, folder: str, files: list[CompactFile],
             table = pq.read_table(handle)
         offsets = _offsets(f)
         slices = [table.slice(*offsets[(p.uid, p.first)]) for p in parts]
-        name = f"compact-{generation}-{index:05d}.parquet"
+        name = compact_name(generation, index)
         per_row = fs.size(f"{folder}/{f.name}") / max(1, table.num_rows)
         write_compacted(fs, folder, name, slices, table.schema, group_rows(per_row))
         kept.append(CompactFile(name, parts))

@@ -26,7 +26,7 @@ from effnet_ray.inputs.listing import Unit
 from effnet_ray.inputs.samples import shards_of
 from effnet_ray.output.layout import COMPACT, LEASE, RECORD, Part, staged
 from effnet_ray.output.record import CompactFile, cut, read_record, read_rows, unstage
-from effnet_ray.storage import TMP_PREFIX, display, named_errors, printable, redact
+from effnet_ray.storage import TMP_PREFIX, display, named_errors, names_in, printable, redact
 
 
 @dataclass
@@ -64,9 +64,7 @@ class Committed:
 def scan(fs: AbstractFileSystem, path: str) -> Committed:
     committed = Committed()
     with named_errors(display(fs, path)):
-        fs.invalidate_cache()
-        names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] \
-            if fs.isdir(path) else []
+        names = names_in(fs, path)
     committed.names = set(names)
     with named_errors(display(fs, path)):
         committed.record = read_record(fs, path) if RECORD in names else []

@@ -14,17 +14,18 @@ import pyarrow.parquet as pq
 from effnet_ray.inputs.batch import ImageBatch
 
 # An error's details, in parentheses after its reason ("undecodable image (...)").
-REASON_DETAIL = r"\s*\(.*$"
+_REASON_DETAIL = r"\s*\(.*$"
 
 
 def reason_kind(error: str) -> str:
     """An error row's reason without its details, for counting rows by reason."""
-    return re.sub(REASON_DETAIL, "", error).strip()
+    return re.sub(_REASON_DETAIL, "", error).strip()
 
 
 def output_schema(classes: int, embedding: int | None = None, logits: bool = True
                   ) -> pa.Schema:
-    """The rows' columns; `logits` unless --no-logits, `embedding` with --embeddings."""
+    """The rows' columns, in order; `logits` unless --no-logits, `embedding` with
+    --embeddings."""
     schema = pa.schema([
         ("path", pa.string()),
         ("model", pa.string()),
@@ -33,7 +34,7 @@ def output_schema(classes: int, embedding: int | None = None, logits: bool = Tru
         ("top_k_ids", pa.list_(pa.int32())),
         ("top_k_labels", pa.list_(pa.string())),
         ("top_k_probs", pa.list_(pa.float32())),
-        ("logits", pa.list_(pa.float32(), classes)),
+        *([("logits", pa.list_(pa.float32(), classes))] if logits else []),
         ("error", pa.string()),
         ("source_label", pa.string()),
         ("source_metadata", pa.string()),
@@ -42,7 +43,7 @@ def output_schema(classes: int, embedding: int | None = None, logits: bool = Tru
     ])
     if embedding:
         schema = schema.append(pa.field("embedding", pa.list_(pa.float32(), embedding)))
-    return schema if logits else schema.remove(schema.get_field_index("logits"))
+    return schema
 
 
 def top_k_ids(scores: np.ndarray, k: int) -> np.ndarray:
@@ -96,30 +97,27 @@ def result_table(batch: ImageBatch, logits: np.ndarray, model: str,
         return [v if good else None for v, good in zip(values, ok, strict=True)]
 
     top_ids = [row.tolist() for row in ids]
-    columns = {
-        "path": pa.array(batch.paths, pa.string()),
-        "model": pa.array([model] * n, pa.string()),
-        "class_id": pa.array(per_row(ids[:, 0].tolist()), pa.int32()),
-        "label": pa.array(per_row([class_names[i[0]] for i in top_ids]), pa.string()),
-        "top_k_ids": pa.array(per_row(top_ids), pa.list_(pa.int32())),
-        "top_k_labels": pa.array(per_row([[class_names[j] for j in i] for i in top_ids]),
-                                 pa.list_(pa.string())),
-        "top_k_probs": pa.array(per_row([row.tolist() for row in probs]),
-                                pa.list_(pa.float32())),
+    values = {
+        "path": batch.paths,
+        "model": [model] * n,
+        "class_id": per_row(ids[:, 0].tolist()),
+        "label": per_row([class_names[i[0]] for i in top_ids]),
+        "top_k_ids": per_row(top_ids),
+        "top_k_labels": per_row([[class_names[j] for j in i] for i in top_ids]),
+        "top_k_probs": per_row([row.tolist() for row in probs]),
         "logits": _per_row(logits, ok),
-        "error": pa.array(batch.errors, pa.string()),
-        "source_label": pa.array(batch.source_labels, pa.string()),
-        "source_metadata": pa.array(batch.source_metadata, pa.string()),
-        "input_size": pa.array(batch.input_sizes, pa.int64()),
-        "input_version": pa.array(batch.input_versions, pa.string()),
+        "error": batch.errors,
+        "source_label": batch.source_labels,
+        "source_metadata": batch.source_metadata,
+        "input_size": batch.input_sizes,
+        "input_version": batch.input_versions,
+        "embedding": None if embeddings is None else _per_row(embeddings, ok),
     }
-    size = None
-    if embeddings is not None:
-        size = embeddings.shape[1]
-        columns["embedding"] = _per_row(embeddings, ok)
-    if not keep_logits:
-        del columns["logits"]
-    return pa.Table.from_pydict(columns, schema=output_schema(classes, size, keep_logits))
+    schema = output_schema(classes, None if embeddings is None else embeddings.shape[1],
+                           keep_logits)
+    return pa.Table.from_arrays([values[f.name] if isinstance(values[f.name], pa.Array)
+                                 else pa.array(values[f.name], f.type) for f in schema],
+                                schema=schema)
 
 
 def parquet_options(schema: pa.Schema) -> dict:

@@ -15,9 +15,10 @@ from PIL import Image
 from effnet_ray import __version__
 from effnet_ray.errors import UserError
 from effnet_ray.inputs.listing import IMAGE_EXTENSIONS
-from effnet_ray.models.ir import check_contract, file_sha256, read_ir, set_metadata
-from effnet_ray.models.registry import ModelSpec
-from effnet_ray.storage import atomic_folder
+from effnet_ray.models.cache import prepared_path
+from effnet_ray.models.ir import check_contract, file_sha256, read_ir, save_ir, set_metadata
+from effnet_ray.models.registry import PHOTOS, ModelSpec, get_spec
+from effnet_ray.prepare.weights import resolve_weights
 
 try:
     import geffnet
@@ -25,7 +26,6 @@ try:
 except ImportError:  # the labeling job never needs this module
     torch = geffnet = None
 
-PHOTOS = Path(__file__).parent / "data" / "photos"
 DARK = 0.15  # dark copies of the calibration photos keep very dark inputs in range
 
 
@@ -154,13 +154,6 @@ def to_openvino(spec: ModelSpec, net: torch.nn.Module, meta: dict) -> ov.Model:
     return model
 
 
-def save_ir(model: ov.Model, dest: Path) -> Path:
-    """Write model.xml/.bin into `dest`'s folder atomically: a crash leaves no half IR."""
-    with atomic_folder(dest.parent, replace=True) as tmp:
-        ov.save_model(model, tmp / dest.name, compress_to_fp16=False)
-    return dest
-
-
 def prepare(spec: ModelSpec, dest: Path, weights: Path | None = None,
             random_seed: int | None = None) -> Path:
     """Build the IR for `spec` at `dest` (…/model.xml) from verified weights or a seed."""
@@ -174,3 +167,21 @@ def prepare(spec: ModelSpec, dest: Path, weights: Path | None = None,
     save_ir(to_openvino(spec, net, meta), dest)
     check_contract(read_ir(dest), spec, str(dest))
     return dest
+
+
+def prepare_model(name: str, cache: Path, weights: Path | None = None,
+                  weights_url: str | None = None, random_seed: int | None = None,
+                  verify: bool = True, force: bool = False) -> Path:
+    """The prepared IR of model `name` in `cache`: the one there if it fits the contract,
+    else built from verified weights (or seeded random ones)."""
+    spec = get_spec(name)
+    dest = prepared_path(cache, name, random_seed)
+    if dest.is_file() and not force:
+        try:
+            check_contract(read_ir(dest), spec, str(dest))
+        except UserError as exc:
+            raise UserError(f"{exc} (rebuild it with --force)") from None
+        return dest
+    if random_seed is None:
+        weights = resolve_weights(spec, cache, weights, weights_url, verify)
+    return prepare(spec, dest, weights, random_seed)

@@ -19,13 +19,14 @@ from effnet_ray.errors import UserError
 from effnet_ray.inputs.listing import list_sources, work_units
 from effnet_ray.inputs.reading import preprocess_sample, unit_samples
 from effnet_ray.inputs.samples import ReadTask
-from effnet_ray.models.ir import check_contract, ir_sha256, metadata, read_ir, set_metadata
+from effnet_ray.models.ir import check_contract, ir_sha256, metadata, read_ir, save_ir, set_metadata
 from effnet_ray.models.registry import ModelSpec
 from effnet_ray.options import ReadOptions
-from effnet_ray.storage import atomic_folder, redact
+from effnet_ray.storage import redact
 
 log = logging.getLogger(__name__)
 
+SUBSET_SIZE = 300  # calibration photos used by default
 MIN_AGREEMENT = 0.9
 HOLDOUT_SHARE = 0.2
 
@@ -87,7 +88,7 @@ def agreement(source: object, quantized: object, images: list[np.ndarray], spec:
 
 
 def quantize(spec: ModelSpec, source_path: Path, inputs: list[str], dest: Path,
-             subset_size: int = 300, min_agreement: float = MIN_AGREEMENT,
+             subset_size: int = SUBSET_SIZE, min_agreement: float = MIN_AGREEMENT,
              storage_options: dict | None = None) -> tuple[Path, Guard]:
     try:
         import nncf
@@ -130,8 +131,4 @@ def quantize(spec: ModelSpec, source_path: Path, inputs: list[str], dest: Path,
                              "held_out": len(held), "top1_agreement": guard.top1_agreement,
                              "top5_overlap": guard.top5_overlap,
                              "nncf": nncf.__version__})
-    import openvino as ov
-
-    with atomic_folder(dest.parent, replace=True) as tmp:
-        ov.save_model(quantized, tmp / dest.name, compress_to_fp16=False)
-    return dest, guard
+    return save_ir(quantized, dest), guard

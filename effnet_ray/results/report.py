@@ -16,7 +16,8 @@ import html
 import io
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -33,7 +34,7 @@ from effnet_ray.models.registry import ModelSpec, get_spec
 from effnet_ray.options import MAX_PIXELS, ReadOptions
 from effnet_ray.output.layout import TIME_FORMAT
 from effnet_ray.output.manifest import read_manifest
-from effnet_ray.output.rows import REASON_DETAIL
+from effnet_ray.output.rows import reason_kind
 from effnet_ray.results.evaluate import COLUMNS, Evaluation, evaluate_table, read_output
 from effnet_ray.results.truth import read_truth_file
 from effnet_ray.storage import local_path, open_fs, put_atomic, redact
@@ -125,10 +126,11 @@ def thumbnail(data: bytes) -> str | None:
 
 def _reasons(errors: pa.ChunkedArray) -> list[tuple[str, int]]:
     """Error rows by reason, without the per-file details in parentheses."""
-    kinds = pc.utf8_trim_whitespace(pc.replace_substring_regex(
-        errors.drop_null(), pattern=REASON_DETAIL, replacement=""))
-    counts = pc.value_counts(kinds).to_pylist()
-    return sorted(((c["values"], c["counts"]) for c in counts), key=lambda x: -x[1])
+    counts = pc.value_counts(errors.drop_null()).to_pylist()
+    kinds: Counter[str] = Counter()
+    for c in counts:
+        kinds[reason_kind(c["values"])] += c["counts"]
+    return kinds.most_common()
 
 
 def _runs(manifest: dict | None) -> list[dict]:
@@ -182,67 +184,108 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+@dataclass
+class _Picks:
+    """What the page shows of the labelled rows: class counts, the most frequent classes,
+    the least confident rows and the best examples of the frequent classes."""
+
+    labelled: pa.Table
+    counts: np.ndarray
+    top: list[int]
+    label_of: dict[int, str]
+    confidence: np.ndarray
+    least: list[dict]
+    examples: dict[int, list[dict]]
+
+    @classmethod
+    def of(cls, table: pa.Table) -> _Picks:
+        labelled = table.filter(pc.is_null(table.column("error")))
+        class_ids = labelled.column("class_id").to_numpy(zero_copy_only=False)
+        counts = np.bincount(class_ids, minlength=1) if len(class_ids) else np.zeros(1, int)
+        top = [int(c) for c in np.argsort(-counts, kind="stable")[:TOP_CLASSES] if counts[c]]
+        label_of = dict(zip(class_ids.tolist(), labelled.column("label").to_pylist(),
+                            strict=True))
+        confidence = pc.list_element(labelled.column("top_k_probs"), 0).to_numpy(
+            zero_copy_only=False) if labelled.num_rows else np.zeros(0)
+        least = np.argsort(confidence, kind="stable")[:LEAST_CONFIDENT]
+        least_rows = labelled.take(pa.array(least, pa.int64())).to_pylist() if len(least) \
+            else []
+        examples = {}
+        for c in top[:EXAMPLE_CLASSES]:
+            where = np.flatnonzero(class_ids == c)
+            best = where[np.argsort(-confidence[where], kind="stable")[:EXAMPLES]]
+            examples[c] = labelled.take(pa.array(best, pa.int64())).to_pylist()
+        return cls(labelled, counts, top, label_of, confidence, least_rows, examples)
+
+    def paths(self) -> list[str]:
+        return [r["path"] for r in self.least] + [r["path"] for rows in self.examples.values()
+                                                  for r in rows]
+
+
+def _cards(table: pa.Table, labelled: pa.Table, evaluation: Evaluation) -> str:
+    cards = [(table.num_rows, "images"), (labelled.num_rows, "labelled"),
+             (table.num_rows - labelled.num_rows, "errors")]
+    if evaluation.top1 is not None:
+        cards.append((f"{100 * evaluation.top1:.2f}%", f"top-1 on {evaluation.images} images"))
+    return '<div class="cards">' + "".join(
+        f'<div class="card"><b>{_e(value)}</b>{_e(what)}</div>' for value, what in cards) \
+        + "</div>"
+
+
+def _runs_section(manifest: dict | None) -> list[str]:
+    runs = _runs(manifest)
+    if not runs:
+        return []
+    return ["<h2>Runs</h2>", _table(
+        ["started", "status", "host", "images this run", "seconds", "images/s"],
+        [[r.get("started"), r.get("status"), r.get("host"), r.get("this_run", ""),
+          "" if r["seconds"] is None else round(r["seconds"]),
+          "" if r["rate"] is None else round(r["rate"], 2)] for r in runs])]
+
+
+def _accuracy_section(evaluation: Evaluation) -> list[str]:
+    if not evaluation.images:
+        return []
+    top5 = "n/a" if evaluation.top5 is None else f"{100 * evaluation.top5:.2f}%"
+    return ["<h2>Accuracy</h2>",
+            f"<p>top-1 {100 * evaluation.top1:.2f}%, top-5 {top5}, calibration error "
+            f"(ECE) {evaluation.ece:.4f} on {evaluation.images} images; "
+            f"{evaluation.without_ground_truth} without ground truth.</p>",
+            _table(["true", "predicted", "images"],
+                   [[p["true_label"], p["predicted_label"], p["images"]]
+                    for p in evaluation.confused_pairs])]
+
+
+def _galleries(picks: _Picks, images: dict[str, str]) -> list[str]:
+    parts = []
+    if picks.least:
+        parts += ["<h2>Least confident</h2>", '<div class="grid">',
+                  *(_figure(r, images) for r in picks.least), "</div>"]
+    for c, rows in picks.examples.items():
+        many = f"{int(picks.counts[c])} image" + ("s" if picks.counts[c] > 1 else "")
+        parts += [f"<h2>Examples: {_e(picks.label_of[c])} ({many})</h2>",
+                  '<div class="grid">', *(_figure(r, images) for r in rows), "</div>"]
+    return parts
+
+
 def build_html(out: str, table: pa.Table, evaluation: Evaluation, manifest: dict | None,
                storage_options: dict | None = None) -> str:
-    labelled = table.filter(pc.is_null(table.column("error")))
-    class_ids = labelled.column("class_id").to_numpy(zero_copy_only=False)
-    counts = np.bincount(class_ids, minlength=1) if len(class_ids) else np.zeros(1, int)
-    top = np.argsort(-counts, kind="stable")[:TOP_CLASSES]
-    top = [int(c) for c in top if counts[c]]
-    label_of = dict(zip(class_ids.tolist(), labelled.column("label").to_pylist(), strict=True))
-    confidence = pc.list_element(labelled.column("top_k_probs"), 0).to_numpy(
-        zero_copy_only=False) if labelled.num_rows else np.zeros(0)
-    classes_svg, confidence_svg = _charts([label_of[c] for c in top],
-                                          [int(counts[c]) for c in top], confidence)
-    least = np.argsort(confidence, kind="stable")[:LEAST_CONFIDENT]
-    least_rows = labelled.take(pa.array(least, pa.int64())).to_pylist() if len(least) else []
-    examples: dict[int, list[dict]] = {}
-    for c in top[:EXAMPLE_CLASSES]:
-        where = np.flatnonzero(class_ids == c)
-        best = where[np.argsort(-confidence[where], kind="stable")[:EXAMPLES]]
-        examples[c] = labelled.take(pa.array(best, pa.int64())).to_pylist()
-    wanted = [r["path"] for r in least_rows] + [r["path"] for rs in examples.values()
-                                                for r in rs]
+    picks = _Picks.of(table)
+    classes_svg, confidence_svg = _charts([picks.label_of[c] for c in picks.top],
+                                          [int(picks.counts[c]) for c in picks.top],
+                                          picks.confidence)
     spec = get_spec(evaluation.model)
-    images = {p: t for p, data in fetch(wanted, spec, storage_options).items()
+    images = {p: t for p, data in fetch(picks.paths(), spec, storage_options).items()
               if (t := thumbnail(data))}
     reasons = _reasons(table.column("error"))
-    runs = _runs(manifest)
     parts = [f"<h1>effnet-ray: {_e(redact(out))}</h1>",
              f"<p>model {_e(evaluation.model)}; report made "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>",
-             '<div class="cards">'
-             f'<div class="card"><b>{table.num_rows}</b>images</div>'
-             f'<div class="card"><b>{labelled.num_rows}</b>labelled</div>'
-             f'<div class="card"><b>{table.num_rows - labelled.num_rows}</b>errors</div>'
-             + (f'<div class="card"><b>{100 * evaluation.top1:.2f}%</b>top-1 on '
-                f'{evaluation.images} images</div>' if evaluation.top1 is not None else "")
-             + "</div>"]
+             _cards(table, picks.labelled, evaluation)]
     if reasons:
         parts += ["<h2>Errors by reason</h2>", _table(["reason", "images"], reasons)]
     parts += ["<h2>Classes</h2>", classes_svg, "<h2>Confidence</h2>", confidence_svg]
-    if runs:
-        parts += ["<h2>Runs</h2>", _table(
-            ["started", "status", "host", "images this run", "seconds", "images/s"],
-            [[r.get("started"), r.get("status"), r.get("host"), r.get("this_run", ""),
-              "" if r["seconds"] is None else round(r["seconds"]),
-              "" if r["rate"] is None else round(r["rate"], 2)] for r in runs])]
-    if evaluation.images:
-        top5 = "n/a" if evaluation.top5 is None else f"{100 * evaluation.top5:.2f}%"
-        parts += ["<h2>Accuracy</h2>",
-                  f"<p>top-1 {100 * evaluation.top1:.2f}%, top-5 {top5}, calibration error "
-                  f"(ECE) {evaluation.ece:.4f} on {evaluation.images} images; "
-                  f"{evaluation.without_ground_truth} without ground truth.</p>",
-                  _table(["true", "predicted", "images"],
-                         [[p["true_label"], p["predicted_label"], p["images"]]
-                          for p in evaluation.confused_pairs])]
-    if least_rows:
-        parts += ["<h2>Least confident</h2>", '<div class="grid">',
-                  *(_figure(r, images) for r in least_rows), "</div>"]
-    for c, rows in examples.items():
-        many = f"{int(counts[c])} image" + ("s" if counts[c] > 1 else "")
-        parts += [f"<h2>Examples: {_e(label_of[c])} ({many})</h2>",
-                  '<div class="grid">', *(_figure(r, images) for r in rows), "</div>"]
+    parts += _runs_section(manifest) + _accuracy_section(evaluation) + _galleries(picks, images)
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>effnet-ray report</title><style>{_STYLE}</style></head><body>"
             + "\n".join(parts) + "</body></html>")

@@ -15,6 +15,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -125,7 +126,7 @@ def read_tasks(units: int, cpus: float) -> int:
 
 
 @dataclass(frozen=True)
-class Pool:
+class Actors:
     """The inference actors of a run; `decoders` > 0: each decodes its own work units in
     that many threads, rather than being fed by decoding tasks. `cpus`: the cluster's."""
 
@@ -134,7 +135,7 @@ class Pool:
     cpus: float = 0.0
 
 
-def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, pool: Pool
+def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, pool: Actors
                   ) -> ray.data.Dataset:
     options, place = plan.options, plan.options.placement
     items = _items(units, committed)
@@ -199,7 +200,7 @@ class Tally:
                             pc.list_flatten(stats.column("reasons")).to_pylist())
 
 
-def _pool(plan: RunPlan) -> Pool:
+def _actors(plan: RunPlan) -> Actors:
     """Actors for the connected cluster, sized against what decoding needs."""
     options, place = plan.options, plan.options.placement
     request = actor_request(place.actor_cpus, place.actor_gpus, place.actor_resources)
@@ -213,7 +214,7 @@ def _pool(plan: RunPlan) -> Pool:
     log.info("inference: %d actor(s) on %s, each %s; decoding %s", actors,
              options.inference.device, request,
              f"in {decoders} thread(s) of each actor" if decoders else "in Ray tasks")
-    return Pool(actors, decoders, cpus_of(nodes))
+    return Actors(actors, decoders, cpus_of(nodes))
 
 
 def _progress_state(plan: RunPlan, committed: Committed) -> tuple[ProgressState, set[str]]:
@@ -237,7 +238,7 @@ def _progress_state(plan: RunPlan, committed: Committed) -> tuple[ProgressState,
                          done_at_start=done), open_shards
 
 
-def _label(plan: RunPlan, units: list[Unit], committed: Committed, pool: Pool,
+def _label(plan: RunPlan, units: list[Unit], committed: Committed, pool: Actors,
            report: Reporter) -> tuple[int, Tally]:
     """Run the pipeline over `units`; the rows committed, reported as they come."""
     options = plan.options
@@ -316,7 +317,7 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
                      len(plan.units) - len(todo), len(plan.units), committed.totals()[0])
         owns_ray = start_ray(options.placement.address, options.run.verbose) if todo \
             else False
-        pool = _pool(plan) if todo else Pool(0)
+        pool = _actors(plan) if todo else Actors(0)
         plan.lease.start_heartbeat()
         manifest = start_run(fs, path, plan.manifest, plan.identity, run_settings(plan))
         status, this_run = "failed", 0
@@ -328,7 +329,7 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
             status = "interrupted"
             raise
         finally:
-            missing, final = _finish(plan, manifest, status, this_run)
+            ending, final = _record_end(plan, manifest, status, this_run)
             if hasattr(report, "close") and final is not None:
                 state, _ = _progress_state(plan, final)
                 state.started, state.done_at_start = started, state.done - this_run
@@ -337,22 +338,28 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
         if owns_ray:
             ray.shutdown()
         plan.lease.release()
-    images, errors = missing[1:]
-    if missing[0]:
-        raise UserError(f"{missing[0]} work units have no committed results although the run "
-                        "finished; rerun the same command to label them")
+    if ending.unfinished_units:
+        raise UserError(f"{ending.unfinished_units} work units have no committed results "
+                        "although the run finished; rerun the same command to label them")
     names = load_class_names(plan.spec.class_names)
-    return Summary(images=images, errors=errors, this_run=this_run,
+    return Summary(images=ending.images, errors=ending.errors, this_run=this_run,
                    wall_seconds=time.time() - started, output=plan.output,
                    top_classes=tuple((names[c], n) for c, n in tally.classes.most_common(5)),
                    reasons=tuple(tally.reasons.most_common()))
 
 
-def _finish(plan: RunPlan, manifest: dict, status: str, this_run: int
-            ) -> tuple[tuple[int, int, int], Committed | None]:
-    """Tidy and record the run's end: (units without results, images, errors) and what the
-    output holds now. A failure here is logged, never raised over the error that ended the
-    run."""
+class Ending(NamedTuple):
+    """What the output holds once a run ends."""
+
+    unfinished_units: int  # work units without all their parts
+    images: int
+    errors: int
+
+
+def _record_end(plan: RunPlan, manifest: dict, status: str, this_run: int
+                ) -> tuple[Ending, Committed | None]:
+    """Tidy and record the run's end in the manifest; what the output holds now. A failure
+    here is logged, never raised over the error that ended the run."""
     fs, path = plan.fs, plan.path
     try:
         final = scan(fs, path)
@@ -364,12 +371,12 @@ def _finish(plan: RunPlan, manifest: dict, status: str, this_run: int
         images, errors = final.totals()
         end_run(fs, path, manifest, status, {"images": images, "errors": errors,
                                              "this_run": this_run})
-        return (missing, images, errors), final
+        return Ending(missing, images, errors), final
     except Exception as exc:
         if status == "complete":
             raise
         log.warning("could not record the run's end in the manifest: %s", short_reason(exc))
-        return (0, 0, 0), None
+        return Ending(0, 0, 0), None
 
 
 def run_settings(plan: RunPlan) -> dict:
