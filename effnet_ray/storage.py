@@ -123,10 +123,11 @@ def display(fs: AbstractFileSystem, path: str) -> str:
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen and len(seen) < 8:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen and len(seen) < 8:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
 
 
 def _transient_one(exc: BaseException) -> bool:
@@ -137,9 +138,9 @@ def _transient_one(exc: BaseException) -> bool:
     code, status = _status(exc)
     if code or status:
         return code in _THROTTLING or status >= 500 or status == 429
-    status = getattr(exc, "status", None)  # aiohttp's ClientResponseError (http stores)
-    if isinstance(status, int) and type(exc).__name__ == "ClientResponseError":
-        return status >= 500 or status == 429
+    http_status = getattr(exc, "status", None)  # aiohttp's ClientResponseError (http stores)
+    if isinstance(http_status, int) and type(exc).__name__ == "ClientResponseError":
+        return http_status >= 500 or http_status == 429
     return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNO
 
 

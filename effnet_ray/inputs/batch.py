@@ -10,6 +10,7 @@ preprocessed images of the rows without a reason travel together as one uint8 ar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -68,7 +69,7 @@ class ImageBatch:
 
     @classmethod
     def from_arrow(cls, table: pa.Table, row: int = 0) -> ImageBatch:
-        def value(name: str) -> object:
+        def value(name: str) -> Any:  # of the column's type in SCHEMA
             return table.column(name)[row].as_py()
 
         shape = tuple(value("shape"))

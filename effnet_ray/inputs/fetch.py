@@ -119,7 +119,8 @@ def _concurrent_store(uris: list[str], task: ReadTask) -> AbstractFileSystem | N
 def _windows(todo: list[int], sizes: list, limit: int) -> Iterator[list[int]]:
     """Consecutive objects fetched together: at most FETCH_OBJECTS, and at most `limit` bytes
     as listed, so a window holds no more than one object at the byte limit would."""
-    window, held = [], 0
+    window: list[int] = []
+    held = 0
     for index in todo:
         size = sizes[index] if sizes[index] is not None else limit
         if window and (len(window) == FETCH_OBJECTS or held + size > limit):
@@ -141,12 +142,12 @@ def _fetched(fs: AbstractFileSystem, uris: list[str], sizes: list, task: ReadTas
     for window in _windows(todo, sizes, limit):
         ranged = [i for i in window if sizes[i] != 0 and not (sizes[i] or 0) > limit]
         paths = [open_fs(uris[i], task.storage_options)[1] for i in ranged]
-        results = dict(zip(ranged, fs.cat_ranges(paths, [0] * len(paths),
-                                                 [limit + 1] * len(paths), on_error="return")
-                           if paths else [], strict=True))
+        results: dict[int, bytes | Exception] = dict(zip(
+            ranged, fs.cat_ranges(paths, [0] * len(paths), [limit + 1] * len(paths),
+                                  on_error="return") if paths else [], strict=True))
         for i in window:
-            result = results.get(i)
-            if i not in results or (isinstance(result, Exception) and is_transient(result)):
+            result = results.get(i)  # None: not fetched with the window
+            if result is None or (isinstance(result, Exception) and is_transient(result)):
                 try:
                     result = read_object(uris[i], sizes[i], task)
                 except Exception as exc:
@@ -171,7 +172,7 @@ def _one_by_one(uris: list[str], sizes: list, task: ReadTask, skip: Skip
             yield i, exc
 
 
-def check_regular(fs: object, path: str) -> None:
+def check_regular(fs: AbstractFileSystem, path: str) -> None:
     """Refuse a local shard that is not a regular file before opening it (a FIFO blocks)."""
     if is_local(fs) and not stat.S_ISREG(os.stat(path).st_mode):
         raise UserError("not a regular file")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import posixpath
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+
+from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.inputs.fetch import check_regular
 from effnet_ray.inputs.listing import IMAGE_EXTENSIONS, suffix
@@ -39,13 +41,14 @@ class _Bad(str):
     """A member that is there but cannot be used; the string is the reason."""
 
 
-def _member_value(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int,
-                  read: bool) -> bytes | _Bad | None:
+def _member_value(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes | _Bad:
+    """A regular member's bytes, or why they cannot be used."""
     if member.size > limit:
         return _Bad(f"member {member.name} is {too_large(member.size, limit)}")
-    if not read:
-        return None
-    return tar.extractfile(member).read()
+    data = tar.extractfile(member)
+    if data is None:  # only regular members (and hard links to them) have data
+        return _Bad(f"member {member.name} is not a regular file")
+    return data.read()
 
 
 def _link_target(member: tarfile.TarInfo) -> str:
@@ -62,13 +65,18 @@ class _Stream:
     samples that hold a link wait, as their key and member names, for the second pass.
     """
 
+    key: str | None
+    members: dict[str, bytes | _Bad | None]  # {ext: the bytes, why not usable, None: not read}
+    names: dict[str, str]  # {ext: archive name}
+    has_link: bool
+
     def __init__(self, shard: str, size: int | None, version: str | None, skip: Skip,
                  limit: int) -> None:
         self.shard, self.size, self.version, self.skip, self.limit = (shard, size, version,
                                                                      skip, limit)
         self.unique = UniquePaths()
         self.regular = 0
-        self.deferred: list[tuple[str, dict]] = []  # (key, {ext: archive name})
+        self.deferred: list[tuple[str, dict[str, str]]] = []  # (key, {ext: archive name})
         self.links: dict[str, str] = {}
         self._start(None)
 
@@ -94,7 +102,9 @@ class _Stream:
             self.members[ext] = _Bad(f"member {member.name} is not a regular file")
         else:
             read = not self.has_link and not self.skip(self.regular)
-            self.members[ext] = _member_value(tar, member, self.limit, read)
+            # a member too large says so even when it is not read
+            self.members[ext] = (_member_value(tar, member, self.limit)
+                                 if read or member.size > self.limit else None)
 
     def end(self) -> Iterator[Sample | None]:
         """The sample being gathered is complete."""
@@ -152,7 +162,7 @@ def _resolve(name: str, links: dict[str, str]) -> str | None:
     return None  # a link loop
 
 
-def _linked_samples(fs: object, path: str, stream: _Stream, task: ReadTask
+def _linked_samples(fs: AbstractFileSystem, path: str, stream: _Stream, task: ReadTask
                     ) -> Iterator[Sample | None]:
     """Second pass: read the members that samples with links need, then emit them."""
     limit, skip, links = task.options.max_bytes, stream.skip, stream.links
@@ -166,7 +176,7 @@ def _linked_samples(fs: object, path: str, stream: _Stream, task: ReadTask
             with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
                 for member in tar:
                     if member.name in wanted and member.isfile():
-                        found[member.name] = _member_value(tar, member, limit, read=True)
+                        found[member.name] = _member_value(tar, member, limit)
         except Exception as exc:
             if is_transient(exc, fs):
                 raise
@@ -176,7 +186,7 @@ def _linked_samples(fs: object, path: str, stream: _Stream, task: ReadTask
         if skip(index):
             yield None
             continue
-        members = {}
+        members: dict[str, bytes | _Bad] = {}
         for ext, name in names.items():
             target = _resolve(name, links)
             if target in found:
@@ -194,18 +204,18 @@ def _text(value: bytes | _Bad | None) -> str | None:
     return value.decode("utf-8", "replace")
 
 
-def _sample_from(path: str, members: dict, size: int | None, version: str | None) -> Sample:
+def _sample_from(path: str, members: Mapping[str, bytes | _Bad | None], size: int | None,
+                 version: str | None) -> Sample:
     images = sorted(ext for ext in members if suffix("x" + ext) in IMAGE_EXTENSIONS)
-    label = next((_text(members[e]).strip() for e in LABEL_EXTENSIONS
-                  if _text(members.get(e)) is not None), None)
+    labels = (_text(members.get(e)) for e in LABEL_EXTENSIONS)
+    label = next((text.strip() for text in labels if text is not None), None)
     found = Sample(path, source_label=label, metadata=_text(members.get(".json")), size=size,
                    version=version)
-    if not images:
-        found.error = "no image in this sample"
-    elif isinstance(members[images[0]], _Bad):
-        found.error = str(members[images[0]])
+    image = members[images[0]] if images else _Bad("no image in this sample")
+    if isinstance(image, _Bad):
+        found.error = str(image)
     else:
-        found.data = members[images[0]]
+        found.data = image
     return found
 
 

@@ -7,6 +7,7 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -85,7 +86,7 @@ def _fetch(fs: AbstractFileSystem, path: str, model_path: str, fetched: Path,
     with TemporaryDirectory(prefix=TMP_PREFIX, dir=fetched) as tmp:
         with named_errors(display(fs, path)):
             for source, name in ((path, "model.xml"), (path[:-4] + ".bin", "model.bin")):
-                retrying(lambda s=source, n=name: fs.get_file(s, f"{tmp}/{n}"), fs)
+                retrying(partial(fs.get_file, source, f"{tmp}/{name}"), fs)
         digest = ir_sha256(f"{tmp}/model.xml")
         if expected_sha256 and digest != expected_sha256:
             raise UserError(f"model file {redact(model_path)} changed since the run started "

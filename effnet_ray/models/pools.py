@@ -9,12 +9,13 @@ cluster Ray reports when the run starts (`cluster.pool_size`). Nothing here talk
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 from effnet_ray.errors import UserError
 from effnet_ray.models.configs import configs_dir, no_extra, read_toml, take
 
 _NUMBER = (int, float)
-_FIELDS = {
+_FIELDS: dict[str, type | tuple[type, ...]] = {
     "device": str, "actors": (int, str), "actor_cpus": _NUMBER, "threads": int,
     "actor_gpus": _NUMBER, "actor_resources": dict, "actor_labels": dict,
     "reader_resources": dict, "reader_labels": dict,
@@ -24,7 +25,9 @@ _FIELDS = {
 def parse_pool(data: dict, where: str) -> dict:
     no_extra(data, {"description", *_FIELDS}, where)
     take(data, "description", str, where)
-    options = {name: take(data, name, kind, where) for name, kind in _FIELDS.items()}
+    # each value has its field's kind (`take` checked it), so Any rather than object
+    options: dict[str, Any] = {name: take(data, name, kind, where)
+                               for name, kind in _FIELDS.items()}
     try:
         options["actors"] = parse_actors(options["actors"])
     except UserError:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar, cast
 
 from effnet_ray.errors import UserError
 from effnet_ray.models.configs import configs_dir, no_extra, read_toml, take
@@ -23,6 +24,8 @@ PREPROCESS_OPS = {
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
 # Real photos shipped with the package: the demo's inputs and conversion's calibration set.
 PHOTOS = Path(str(resources.files("effnet_ray"))) / "data" / "photos"
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -88,27 +91,32 @@ class ModelSpec:
     card: Card | None = None
 
 
+def _take(table: dict, key: str, kind: type[_T], where: str) -> _T:
+    """`take` of a single type, typed as that type (`take` checked it)."""
+    return cast(_T, take(table, key, kind, where))
+
+
 def _parse_input(t: dict, where: str) -> TensorSpec:
     no_extra(t, {"name", "layout", "shape", "color"}, where)
-    layout = take(t, "layout", str, where)
-    shape = tuple(take(t, "shape", list, where))
+    layout = _take(t, "layout", str, where)
+    shape = tuple(_take(t, "shape", list, where))
     if layout not in ("NCHW", "NHWC"):
         raise UserError(f"{where}: layout must be NCHW or NHWC, not {layout}")
     if len(shape) != 4 or shape[0] != 1 or shape[layout.index("C")] != 3:
         raise UserError(f"{where}: shape {list(shape)} is not a 1x3xHxW image in {layout}")
-    color = take(t, "color", str, where)
+    color = _take(t, "color", str, where)
     if color not in ("RGB", "BGR"):
         raise UserError(f"{where}: color must be RGB or BGR, not {color}")
-    return TensorSpec(take(t, "name", str, where), layout, shape, color)
+    return TensorSpec(_take(t, "name", str, where), layout, shape, color)
 
 
 def _parse_step(t: dict, where: str) -> Step:
-    op = take(t, "op", str, where)
+    op = _take(t, "op", str, where)
     if op not in PREPROCESS_OPS:
         raise UserError(f"{where}: unknown preprocessing op '{op}'")
     no_extra(t, PREPROCESS_OPS[op] | {"op"}, where)
     for key in PREPROCESS_OPS[op] - {"interpolation"}:
-        value = take(t, key, (int, float), where)
+        value = cast(float, take(t, key, (int, float), where))  # int or float: take checked
         if value <= 0 or (key == "fraction" and value > 1):
             raise UserError(f"{where}: '{key}' out of range ({value})")
     interpolation = t.get("interpolation", "bicubic")
@@ -122,9 +130,9 @@ def _parse_source(t: dict, where: str) -> WeightsSource:
             "weights_url", "weights_package"}
     no_extra(t, keys, where)
     for key in ("mean", "scale"):
-        if len(take(t, key, list, where)) != 3:
+        if len(_take(t, key, list, where)) != 3:
             raise UserError(f"{where}: '{key}' needs three values")
-    sha = take(t, "weights_sha256", str, where)
+    sha = _take(t, "weights_sha256", str, where)
     if len(sha) != 64:
         raise UserError(f"{where}: weights_sha256 is not a sha256 hex digest")
     if not (t.get("weights_url") or t.get("weights_package")):
@@ -136,14 +144,15 @@ def parse_spec(data: dict, where: str) -> ModelSpec:
     """Validate one model file's contents; every error names the file and the key."""
     no_extra(data, {"name", "description", "class_names", "input", "output", "preprocess", "source",
                      "card"}, where)
-    tensor = _parse_input(take(data, "input", dict, where), f"{where} [input]")
-    out = take(data, "output", dict, where)
+    tensor = _parse_input(_take(data, "input", dict, where), f"{where} [input]")
+    out = _take(data, "output", dict, where)
     no_extra(out, {"name", "kind", "classes"}, f"{where} [output]")
-    if take(out, "kind", str, where) != "logits":
+    if _take(out, "kind", str, where) != "logits":
         raise UserError(f"{where} [output]: only 'logits' outputs are supported")
-    output = OutputSpec(take(out, "name", str, where), "logits", take(out, "classes", int, where))
+    output = OutputSpec(_take(out, "name", str, where), "logits",
+                        _take(out, "classes", int, where))
     steps = tuple(_parse_step(s, f"{where} [[preprocess]]")
-                  for s in take(data, "preprocess", list, where))
+                  for s in _take(data, "preprocess", list, where))
     last_sized = [s for s in steps if s.op in ("resize", "center_crop")]
     if not last_sized or (last_sized[-1].width, last_sized[-1].height) != (tensor.width,
                                                                           tensor.height):
@@ -152,17 +161,17 @@ def parse_spec(data: dict, where: str) -> ModelSpec:
     if steps[-1].op not in ("resize", "center_crop"):
         raise UserError(f"{where}: the last preprocessing step must fix the size")
     card = data.get("card")
-    class_names = take(data, "class_names", str, where)
+    class_names = _take(data, "class_names", str, where)
     if not resources.files("effnet_ray").joinpath("data", class_names).is_file():
         raise UserError(f"{where}: class names file '{class_names}' is not in effnet_ray/data")
     return ModelSpec(
-        name=take(data, "name", str, where),
-        description=take(data, "description", str, where),
+        name=_take(data, "name", str, where),
+        description=_take(data, "description", str, where),
         class_names=class_names,
         input=tensor,
         output=output,
         preprocess=steps,
-        source=_parse_source(take(data, "source", dict, where), f"{where} [source]"),
+        source=_parse_source(_take(data, "source", dict, where), f"{where} [source]"),
         card=Card(**card) if card else None,
     )
 

@@ -148,7 +148,8 @@ def _in_path_order(fs: AbstractFileSystem, folder: str, committed: Committed,
 
 def _groups(parts: list[Part], per_file: int) -> Iterator[list[Part]]:
     """Consecutive parts of about `per_file` rows; a part is never split."""
-    current, count = [], 0
+    current: list[Part] = []
+    count = 0
     for part in parts:
         if current and count + part.rows > per_file:
             yield current

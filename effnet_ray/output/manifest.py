@@ -70,8 +70,8 @@ def _show(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def versions() -> dict:
-    found = {"python": platform.python_version()}
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
     for name in VERSIONED:
         try:
             found[name] = package_metadata.version(name)

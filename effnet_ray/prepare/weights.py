@@ -104,6 +104,8 @@ def resolve_weights(spec: ModelSpec, cache: Path, weights: Path | None = None,
         verify(path, src.weights_sha256, "packaged weights")
         return path
     url = url or src.weights_url
+    if url is None:  # not for a registry contract: it names weights_url or weights_package
+        raise UserError(f"model {spec.name} has no weights_url: pass --weights-url or --weights")
     dest = cache / "weights" / src.weights_file
     return download(url, dest, src.weights_sha256)
 

@@ -13,7 +13,12 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -80,28 +85,32 @@ class Bar:
     """A live bar on a terminal; log lines print above it instead of through it."""
 
     def __init__(self) -> None:
-        self.bar = None
-        self._redirect = None
+        self.bar: tqdm | None = None
+        self._redirect = ExitStack()  # log lines go through the bar while it is shown
 
     def __call__(self, state: ProgressState) -> None:
+        self._show(state)
+
+    def close(self, state: ProgressState) -> None:
+        self._show(state).close()
+        self._redirect.close()
+
+    def _show(self, state: ProgressState) -> tqdm:
+        """The bar, opened on the first call, brought up to `state`."""
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         if self.bar is None:  # `initial`: the rate and ETA count this run's images only
             self.bar = tqdm(total=state.total, initial=state.done_at_start, unit="img",
                             dynamic_ncols=True, file=sys.stderr, smoothing=0.05)
-            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger("effnet_ray")])
-            self._redirect.__enter__()
+            self._redirect.enter_context(
+                logging_redirect_tqdm(loggers=[logging.getLogger("effnet_ray")]))
         self.bar.total = state.total
         self.bar.set_postfix_str(f"{state.errors} errors" + (
             f", {state.shards_open} tar shards not counted yet" if state.shards_open else ""),
             refresh=False)
         self.bar.update(state.done - self.bar.n)
-
-    def close(self, state: ProgressState) -> None:
-        self(state)
-        self.bar.close()
-        self._redirect.__exit__(None, None, None)
+        return self.bar
 
 
 def reporter_for(stream: object, every: float) -> LogLines | Bar:
