@@ -32,6 +32,8 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_label.py
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_decode_fast.py
+	$(BIN)/python benchmarks/bench_camera.py
 
 clean:
 	rm -rf $(VENV) .demo-output

@@ -25,6 +25,8 @@ from effnet_ray.models.registry import get_spec
 
 DEFAULT_MODEL = "efficientnet-b7-pytorch"
 LAYOUTS = ("auto", "files", "webdataset", "parquet")
+# how images are decoded and shrunk: inputs/preprocessing.py
+DECODES = ("exact", "fast")
 # precision name -> OpenVINO's INFERENCE_PRECISION_HINT (None: the device's default)
 # "int8": an INT8 IR from `models quantize`, run at the device's default for the rest
 PRECISIONS = {"auto": None, "f32": "f32", "bf16": "bf16", "f16": "f16", "int8": None}
@@ -62,6 +64,13 @@ class ReadOptions:
     batch_size: int = _option(32, identity=True,
                               help="images per inference-actor call, committed together as one "
                               "output file (OpenVINO gets one image per request)")
+    decode: str = _option("exact", identity=True,
+                          help="exact: every pixel decoded and resized as the model's published "
+                          "evaluation did, to the bit; fast: JPEGs decoded at 1/2-1/8 scale "
+                          "(never below the size the model's first resize keeps) and large "
+                          "resizes reduced by whole factors first: several times less CPU on "
+                          "camera photos, labels the same but for a few borderline images "
+                          "(docs/performance.md)")
     max_pixels: int = _option(MAX_PIXELS,
                               help="larger images, decoded or resized, are error rows")
     max_bytes: int = _option(MAX_BYTES, help="larger files, tar members and Parquet values are "
@@ -252,6 +261,8 @@ def validate(options: LabelOptions) -> None:
                                    options.run)
     if read.layout not in LAYOUTS:
         raise UserError(f"unknown layout '{read.layout}' (use {', '.join(LAYOUTS)})")
+    if read.decode not in DECODES:
+        raise UserError(f"unknown decoding '{read.decode}' (use {', '.join(DECODES)})")
     for name in ("batch_size", "unit_size", "max_pixels", "max_bytes"):
         _positive(name, getattr(read, name))
     _positive("actor_cpus", place.actor_cpus)

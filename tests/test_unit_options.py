@@ -37,7 +37,7 @@ def test_a_gpu_device_reserves_a_gpu_unless_told_otherwise():
 def test_identity_names_what_decides_the_rows():
     identity = LabelOptions.build(["a", "b"], "out", top_k=3).identity()
     assert identity == {"inputs": ["a", "b"], "layout": "auto", "image_column": "image",
-                        "id_column": "id", "unit_size": 64, "batch_size": 32,
+                        "id_column": "id", "unit_size": 64, "batch_size": 32, "decode": "exact",
                         "model": "efficientnet-b7-pytorch", "precision": "auto", "top_k": 3,
                         "embeddings": False, "no_logits": False}
 

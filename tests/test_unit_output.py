@@ -21,6 +21,7 @@ from effnet_ray.output.lease import Lease, LeaseLost, check_holder, read_holder
 from effnet_ray.output.place import check_place, clear
 from effnet_ray.output.resume import scan, tidy
 from effnet_ray.output.rows import parquet_bytes, result_table, top_k_ids
+from effnet_ray.run.job import Summary
 from effnet_ray.storage import open_fs, put_atomic
 
 pytestmark = pytest.mark.unit  # pure parts and single stages, without Ray
@@ -242,3 +243,17 @@ def test_overwrite_deletes_only_what_this_tool_wrote(tmp_path):
 def test_arrow_payload_keeps_its_types():
     table = batch([None, "x"]).to_arrow()
     assert table.schema.field("pixels").type == pa.large_binary() and table.num_rows == 1
+
+
+@pytest.mark.parametrize("decode, infer, decoding, hint", [
+    (30.0, 70.0, "exact", True), (20.0, 80.0, "exact", False), (60.0, 40.0, "fast", False),
+    (0.0, 0.0, "exact", False)])
+def test_the_summary_splits_the_cpu_and_names_fast_decoding_when_decoding_dominates(
+        decode, infer, decoding, hint):
+    text = str(Summary(images=10, errors=0, this_run=10, wall_seconds=5.0, output="out",
+                       decode_cpu_seconds=decode, inference_cpu_seconds=infer,
+                       decoding=decoding))
+    assert ("CPU this run: decoding" in text) == bool(decode + infer)
+    assert ("--decode fast" in text) == hint
+    if hint:
+        assert f"decoding took {decode / (decode + infer):.0%} of the CPU" in text

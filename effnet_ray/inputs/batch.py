@@ -27,6 +27,7 @@ SCHEMA = pa.schema([
     ("input_versions", pa.list_(pa.string())),
     ("shape", pa.list_(pa.int64())),
     ("pixels", pa.large_binary()),
+    ("decode_seconds", pa.float64()),
 ])
 
 
@@ -44,6 +45,7 @@ class ImageBatch:
     input_sizes: list[int | None]
     input_versions: list[str | None]
     images: np.ndarray  # uint8, one HxWx3 image per row whose error is None
+    decode_seconds: float = 0.0  # CPU spent reading, decoding and preprocessing the rows
 
     def __post_init__(self) -> None:
         good = sum(e is None for e in self.errors)
@@ -65,6 +67,7 @@ class ImageBatch:
             pa.array([list(images.shape)], pa.list_(pa.int64())),
             pa.LargeBinaryArray.from_buffers(pa.large_binary(), 1,
                                              [None, offsets, pa.py_buffer(images)]),
+            pa.array([self.decode_seconds], pa.float64()),
         ], schema=SCHEMA)
 
     @classmethod
@@ -81,7 +84,7 @@ class ImageBatch:
                    source_labels=value("source_labels"),
                    source_metadata=value("source_metadata"),
                    input_sizes=value("input_sizes"), input_versions=value("input_versions"),
-                   images=images)
+                   images=images, decode_seconds=value("decode_seconds"))
 
 
 def stack(images: list[np.ndarray], height: int, width: int) -> np.ndarray:

@@ -1,13 +1,19 @@
 """Image bytes -> the fixed-size uint8 RGB array a model's contract asks for.
 
-Every step reproduces OMZ's accuracy-check arithmetic (resize.py, crop.py) exactly, because a
-one-pixel offset of the crop changes B7's logits by 2e-3 or more. The result is always HxWx3
-uint8 RGB; layout, colour order and float conversion happen inside the compiled model.
+`exact` decoding reproduces OMZ's accuracy-check arithmetic (resize.py, crop.py) to the bit,
+because a one-pixel offset of the crop changes B7's logits by 2e-3 or more. `fast` decoding
+spends less CPU on large photos: a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT
+domain (libjpeg's scaled IDCT), never below `DRAFT_MARGIN` times the size the contract's first
+resize shrinks it to, and a resize that still shrinks by more than
+`REDUCING_GAP` first reduces by a whole factor (a box filter), then resamples as the contract
+says. The result is always HxWx3 uint8 RGB; layout, colour order and float conversion happen
+inside the compiled model.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
 
@@ -18,6 +24,13 @@ from effnet_ray.inputs.samples import ImageError
 from effnet_ray.models.registry import ModelSpec, Step
 from effnet_ray.options import MAX_PIXELS
 
+# Pillow: with a gap of 3 or more the two-step resize is "indistinguishable from fair
+# resampling in most cases"; the measured effect on logits is in docs/performance.md.
+REDUCING_GAP = 3.0
+# Fast decoding keeps at least this many times the pixels per side that the first resize
+# keeps, so that resize still filters: at 2x the logits move half as far as at 1x, for a few
+# ms more per 12 MP photo (docs/performance.md).
+DRAFT_MARGIN = 2.0
 _SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _CONVERTIBLE = {"1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr"}
 _RESAMPLE = {
@@ -28,8 +41,10 @@ _RESAMPLE = {
 }
 
 
-def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode to 8-bit RGB, upright as the camera's EXIF orientation says.
+def decode(data: bytes, max_pixels: int = MAX_PIXELS, reduce_for: ModelSpec | None = None
+           ) -> Image.Image:
+    """Decode to 8-bit RGB, upright as the camera's EXIF orientation says; with `reduce_for`,
+    a JPEG as small as that contract's first resize allows (`fast` decoding).
 
     The pixel count is checked on the header, before any pixel is decoded, so a
     decompression bomb costs nothing. Pillow's own process-wide limit is left as it is (a
@@ -49,6 +64,10 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         width, height = image.size
         if width * height > max_pixels:
             raise ImageError(f"too many pixels ({width}x{height} > {max_pixels})")
+        if reduce_for is not None:
+            scale = DRAFT_MARGIN * smallest_scale(reduce_for.preprocess, width, height)
+            if scale <= 0.5:  # DCT scaling halves at least
+                image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
         image.load()
         ImageOps.exif_transpose(image, in_place=True)  # no copy of an image without the tag
         return _to_rgb(image)
@@ -75,6 +94,27 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def smallest_scale(steps: tuple[Step, ...], width: int, height: int) -> float:
+    """The smallest fraction of a `width`x`height` image at which every resize of `steps`
+    still shrinks it (or keeps its size), whichever way up the photo turns out to be: decoding
+    that small changes only detail the resize discards. 1.0 where a crop of whole pixels
+    comes first."""
+    def upright(w: int, h: int) -> float:
+        kept = 1.0  # what the fraction crops before the first resize keep of each side
+        for step in steps:
+            if step.op == "central_fraction_crop":
+                kept *= step.fraction
+            elif step.op == "resize_short_side":
+                return step.size / (min(w, h) * kept)
+            elif step.op == "resize":
+                return max(step.width / (w * kept), step.height / (h * kept))
+            else:
+                return 1.0
+        return 1.0
+
+    return min(1.0, max(upright(width, height), upright(height, width)))
+
+
 def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     """OMZ resize.py `aspect_ratio_scale: greater`: short side to `size`, long side truncated."""
     if height > width:
@@ -89,22 +129,25 @@ def centered_box(width: int, height: int, crop_w: int, crop_h: int) -> tuple[int
     return left, top, left + crop_w, top + crop_h
 
 
-def _resize(image: Image.Image, size: tuple[int, int], step: Step, max_pixels: int
-            ) -> Image.Image:
+def _resize(image: Image.Image, size: tuple[int, int], step: Step, max_pixels: int,
+            fast: bool) -> Image.Image:
     """Refuse a resize whose result alone would exceed the pixel limit: a 1x8000 image
     resized to a short side of 256 would be 256 x 2,048,000."""
     if size[0] * size[1] > max_pixels:
         raise ImageError(f"too many pixels after resizing {image.size[0]}x{image.size[1]} "
                          f"to {size[0]}x{size[1]} (> {max_pixels})")
-    return image.resize(size, _RESAMPLE[step.interpolation])
+    return image.resize(size, _RESAMPLE[step.interpolation],
+                        reducing_gap=REDUCING_GAP if fast else None)
 
 
-def apply_step(image: Image.Image, step: Step, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def apply_step(image: Image.Image, step: Step, max_pixels: int = MAX_PIXELS,
+               fast: bool = False) -> Image.Image:
     width, height = image.size
     if step.op == "resize_short_side":
-        return _resize(image, short_side_size(width, height, step.size), step, max_pixels)
+        return _resize(image, short_side_size(width, height, step.size), step, max_pixels,
+                       fast)
     if step.op == "resize":
-        return _resize(image, (step.width, step.height), step, max_pixels)
+        return _resize(image, (step.width, step.height), step, max_pixels, fast)
     if step.op == "center_crop":
         return image.crop(centered_box(width, height, step.width, step.height))
     if step.op == "central_fraction_crop":
@@ -115,10 +158,10 @@ def apply_step(image: Image.Image, step: Step, max_pixels: int = MAX_PIXELS) -> 
     raise ValueError(f"unknown preprocessing op {step.op}")
 
 
-def preprocess_image(image: Image.Image, spec: ModelSpec, max_pixels: int = MAX_PIXELS
-                     ) -> np.ndarray:
+def preprocess_image(image: Image.Image, spec: ModelSpec, max_pixels: int = MAX_PIXELS,
+                     fast: bool = False) -> np.ndarray:
     for step in spec.preprocess:
-        image = apply_step(image, step, max_pixels)
+        image = apply_step(image, step, max_pixels, fast)
     array = np.asarray(image, dtype=np.uint8)
     expected = (spec.input.height, spec.input.width, 3)
     if array.shape != expected:
@@ -126,5 +169,9 @@ def preprocess_image(image: Image.Image, spec: ModelSpec, max_pixels: int = MAX_
     return array
 
 
-def preprocess_bytes(data: bytes, spec: ModelSpec, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    return preprocess_image(decode(data, max_pixels), spec, max_pixels)
+def preprocess_bytes(data: bytes, spec: ModelSpec, max_pixels: int = MAX_PIXELS,
+                     decoding: str = "exact") -> np.ndarray:
+    """`decoding`: one of options.DECODES (see this module's docstring)."""
+    fast = decoding == "fast"
+    return preprocess_image(decode(data, max_pixels, spec if fast else None), spec, max_pixels,
+                            fast)

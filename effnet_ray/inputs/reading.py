@@ -20,6 +20,7 @@ their bytes are read (files, Parquet row groups) or decoded (members of a tar st
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -74,7 +75,8 @@ def preprocess_sample(sample: Sample, task: ReadTask) -> np.ndarray | None:
     if sample.error is not None:
         return None
     try:
-        return preprocess_bytes(sample.data, task.spec, task.options.max_pixels)
+        return preprocess_bytes(sample.data, task.spec, task.options.max_pixels,
+                                task.options.decode)
     except Exception as exc:  # the sample boundary: any failure is this row's reason
         sample.error = describe(exc) if isinstance(exc, (ImageError, MemoryError)) \
             else f"undecodable image ({short_reason(exc)})"
@@ -95,7 +97,16 @@ def _batch(uid: str, first: int, last: bool, samples: list[Sample], images: list
 
 def unit_batches(units: dict[str, np.ndarray], task: ReadTask) -> Iterator[ImageBatch]:
     """The batches of work units (columns kind, uris, sizes, versions, uid, done), in order,
-    without the parts an earlier run committed."""
+    without the parts an earlier run committed; each knows the CPU its making took in the
+    thread that made it."""
+    clock = time.thread_time()
+    for batch in _unit_batches(units, task):
+        batch.decode_seconds = time.thread_time() - clock
+        yield batch
+        clock = time.thread_time()
+
+
+def _unit_batches(units: dict[str, np.ndarray], task: ReadTask) -> Iterator[ImageBatch]:
     size = task.options.batch_size
     for kind, uris, sizes, versions, uid, done in zip(
             units["kind"], units["uris"], units["sizes"], units["versions"], units["uid"],

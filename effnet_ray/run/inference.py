@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,7 @@ class Classifier:
         # Concurrent first calls into OpenVINO's Python API deadlocked here (a C++ static
         # initialiser waiting for the GIL that the rival thread held): one start at a time.
         self.start_lock = threading.Lock()
+        self.cpu = CpuSplit(decodes_here=False)
         threading.Thread(target=self._collect, daemon=True, name="effnet-ray-collect").start()
 
     def _collect(self) -> None:
@@ -204,7 +206,8 @@ class Classifier:
     def label_and_commit(self, batch: ImageBatch, inferring: Inferring | None = None) -> pa.Table:
         """Label and commit one batch; what was committed, as a row for the driver."""
         rows = self.label(batch, inferring)
-        return part_row(self.commit(batch, rows), rows)
+        part = self.commit(batch, rows)
+        return part_row(part, rows, *self.cpu.charge(batch))
 
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
         """Ray Data stage over decoded batches (a row of `table` each)."""
@@ -222,6 +225,7 @@ class DecodingClassifier(Classifier):
                  commit: Callable[[ImageBatch, pa.Table], Part], read: ReadTask) -> None:
         super().__init__(options, spec, model_file, commit)
         self.read = read
+        self.cpu = CpuSplit(decodes_here=True)
 
     def __call__(self, units: dict[str, np.ndarray]) -> Iterator[pa.Table]:
         """Ray Data stage over work units."""
@@ -235,11 +239,36 @@ class DecodingClassifier(Classifier):
             yield self.label_and_commit(*behind)
 
 
-def part_row(part: Part, rows: pa.Table) -> pa.Table:
+class CpuSplit:
+    """This actor's CPU, split between decoding and the rest (inference, turning outputs into
+    rows, committing), charged batch by batch. The rest is the process's CPU time less the
+    decoding done in it; running totals keep concurrent batches from being counted twice."""
+
+    def __init__(self, decodes_here: bool) -> None:
+        self.decodes_here = decodes_here
+        self._lock = threading.Lock()
+        self._start = time.process_time()
+        self._decoded = 0.0  # in this process
+        self._charged = 0.0  # to inference so far
+
+    def charge(self, batch: ImageBatch) -> tuple[float, float]:
+        """(decoding, inference) CPU seconds of one finished batch."""
+        with self._lock:
+            if self.decodes_here:
+                self._decoded += batch.decode_seconds
+            rest = max(0.0, time.process_time() - self._start - self._decoded - self._charged)
+            self._charged += rest
+            return batch.decode_seconds, rest
+
+
+def part_row(part: Part, rows: pa.Table, decode_seconds: float = 0.0,
+             inference_seconds: float = 0.0) -> pa.Table:
     """A committed part as one row for the driver: where it is, its counts, its classes and
-    reasons."""
+    reasons, and the CPU its decoding and its inference took."""
     return pa.table({"uid": [part.uid], "first": [part.first], "last": [part.last],
                      "rows": [part.rows], "errors": [part.errors],
+                     "decode_seconds": [decode_seconds],
+                     "inference_seconds": [inference_seconds],
                      "classes": pa.array([rows.column("class_id").drop_null().to_pylist()],
                                          pa.list_(pa.int32())),
                      "reasons": pa.array([rows.column("error").drop_null().to_pylist()],

@@ -65,6 +65,8 @@ MAX_READ_BLOCKS = 1000
 # the process; the base also holds a batch of preprocessed images (32 x 1.08 MB for B7).
 DECODE_BASE_MEMORY = 256 * 2**20
 DECODE_BYTES_PER_PIXEL = 9
+# Above this share of the CPU, the summary suggests fast decoding.
+DECODE_SHARE_HINT = 0.25
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class Summary:
     output: str
     top_classes: tuple[tuple[str, int], ...] = ()  # this run's most frequent, with counts
     reasons: tuple[tuple[str, int], ...] = ()  # this run's errors by reason
+    decode_cpu_seconds: float = 0.0  # reading, decoding and preprocessing, this run
+    inference_cpu_seconds: float = 0.0  # the actors' CPU besides decoding, this run
+    decoding: str = "exact"  # --decode
 
     @property
     def labelled(self) -> int:
@@ -97,7 +102,18 @@ class Summary:
         if self.reasons:
             lines.append("errors this run: " + ", ".join(
                 f"{reason} {count}" for reason, count in self.reasons))
+        if self.decode_cpu_seconds + self.inference_cpu_seconds > 0:
+            lines.append(f"CPU this run: decoding {self.decode_cpu_seconds:.0f} s, inference "
+                         f"{self.inference_cpu_seconds:.0f} s")
+        if self.decode_share > DECODE_SHARE_HINT and self.decoding == "exact":
+            lines.append(f"decoding took {self.decode_share:.0%} of the CPU: --decode fast "
+                         "decodes large JPEGs in a fraction of the time (see --help)")
         return "\n".join(lines)
+
+    @property
+    def decode_share(self) -> float:
+        spent = self.decode_cpu_seconds + self.inference_cpu_seconds
+        return self.decode_cpu_seconds / spent if spent else 0.0
 
 
 def decode_memory(max_pixels: int, max_bytes: int) -> int:
@@ -193,8 +209,12 @@ class Tally:
     def __init__(self) -> None:
         self.classes: Counter[int] = Counter()
         self.reasons: Counter[str] = Counter()
+        self.decode_seconds = 0.0
+        self.inference_seconds = 0.0
 
     def add(self, stats: pa.Table) -> None:
+        self.decode_seconds += pc.sum(stats.column("decode_seconds")).as_py() or 0.0
+        self.inference_seconds += pc.sum(stats.column("inference_seconds")).as_py() or 0.0
         self.classes.update(pc.list_flatten(stats.column("classes")).to_pylist())
         self.reasons.update(reason_kind(r) for r in
                             pc.list_flatten(stats.column("reasons")).to_pylist())
@@ -239,10 +259,10 @@ def _progress_state(plan: RunPlan, committed: Committed) -> tuple[ProgressState,
 
 
 def _label(plan: RunPlan, units: list[Unit], committed: Committed, pool: Actors,
-           report: Reporter) -> tuple[int, Tally]:
-    """Run the pipeline over `units`; the rows committed, reported as they come."""
+           report: Reporter, tally: Tally) -> int:
+    """Run the pipeline over `units`; the rows committed, reported as they come and counted
+    into `tally`."""
     options = plan.options
-    tally = Tally()
     state, open_shards = _progress_state(plan, committed)
     report(state)
     try:
@@ -271,7 +291,7 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, pool: Actors,
             raise UserError(f"the run stopped after committing {state.this_run} images: "
                             f"{short_reason(cause)}; rerun the same command to resume") from exc
         raise
-    return state.this_run, tally
+    return state.this_run
 
 
 def _advance(state: ProgressState, stats: pa.Table, open_shards: set[str]) -> None:
@@ -320,16 +340,15 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
         pool = _actors(plan) if todo else Actors(0)
         plan.lease.start_heartbeat()
         manifest = start_run(fs, path, plan.manifest, plan.identity, run_settings(plan))
-        status, this_run = "failed", 0
+        status, this_run, tally = "failed", 0, Tally()
         try:
-            this_run, tally = (_label(plan, todo, committed, pool, report) if todo
-                               else (0, Tally()))
+            this_run = _label(plan, todo, committed, pool, report, tally) if todo else 0
             status = "complete"
         except KeyboardInterrupt:
             status = "interrupted"
             raise
         finally:
-            ending, final = _record_end(plan, manifest, status, this_run)
+            ending, final = _record_end(plan, manifest, status, this_run, tally)
             if hasattr(report, "close") and final is not None:
                 state, _ = _progress_state(plan, final)
                 state.started, state.done_at_start = started, state.done - this_run
@@ -345,7 +364,10 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
     return Summary(images=ending.images, errors=ending.errors, this_run=this_run,
                    wall_seconds=time.time() - started, output=plan.output,
                    top_classes=tuple((names[c], n) for c, n in tally.classes.most_common(5)),
-                   reasons=tuple(tally.reasons.most_common()))
+                   reasons=tuple(tally.reasons.most_common()),
+                   decode_cpu_seconds=tally.decode_seconds,
+                   inference_cpu_seconds=tally.inference_seconds,
+                   decoding=plan.options.read.decode)
 
 
 class Ending(NamedTuple):
@@ -356,7 +378,7 @@ class Ending(NamedTuple):
     errors: int
 
 
-def _record_end(plan: RunPlan, manifest: dict, status: str, this_run: int
+def _record_end(plan: RunPlan, manifest: dict, status: str, this_run: int, tally: Tally
                 ) -> tuple[Ending, Committed | None]:
     """Tidy and record the run's end in the manifest; what the output holds now. A failure
     here is logged, never raised over the error that ended the run."""
@@ -369,8 +391,10 @@ def _record_end(plan: RunPlan, manifest: dict, status: str, this_run: int
         if status == "complete" and missing:
             status = "incomplete"
         images, errors = final.totals()
-        end_run(fs, path, manifest, status, {"images": images, "errors": errors,
-                                             "this_run": this_run})
+        end_run(fs, path, manifest, status, {
+            "images": images, "errors": errors, "this_run": this_run,
+            "decode_cpu_seconds": round(tally.decode_seconds, 1),
+            "inference_cpu_seconds": round(tally.inference_seconds, 1)})
         return Ending(missing, images, errors), final
     except Exception as exc:
         if status == "complete":
