@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from dataclasses import MISSING, Field, fields
@@ -15,7 +16,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 
 from effnet_ray.api import label as run_label
-from effnet_ray.errors import UserError
+from effnet_ray.errors import Terminated, UserError
 from effnet_ray.models.cache import default_cache_dir, int8_path, prepared_path
 from effnet_ray.models.complexity import complexity
 from effnet_ray.models.ir import read_ir
@@ -254,6 +255,10 @@ COMMANDS = {"label": label_command, "demo": demo_command, "evaluate": evaluate_c
 MODELS_COMMANDS = {"list": models_list, "prepare": models_prepare, "quantize": models_quantize}
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 class _Format(logging.Formatter):
     """Progress as it is; warnings and worse say what they are."""
 
@@ -277,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv  # anywhere on the line, before or after the command
     _install_logging(debug)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         args = parser.parse_args([a for a in argv if a != "--debug"])
         if args.command == "models":
@@ -288,8 +294,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exception(exc.__cause__ or exc.__context__, file=sys.stderr)
         print(f"effnet-ray: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("effnet-ray: terminated; rerun the same command to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print("effnet-ray: interrupted", file=sys.stderr)
+        print("effnet-ray: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: one line, the traceback with --debug
         if debug:

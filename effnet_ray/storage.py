@@ -170,6 +170,38 @@ def is_transient(exc: BaseException, fs: AbstractFileSystem | None = None) -> bo
     return any(_transient_one(e) for e in _chain(exc))
 
 
+# What an OSError's errno means for a place being written to.
+_WRITE_FAULTS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.ENOENT: "the folder is gone",
+                 errno.EIO: "an input/output error of the device"}
+_STORE_FAULTS = {"NoSuchBucket": "the bucket is gone", "AccessDenied": "permission denied",
+                 "AllAccessDisabled": "permission denied", "InvalidAccessKeyId":
+                 "the credentials are refused", "SignatureDoesNotMatch":
+                 "the credentials are refused", "QuotaExceeded": "the store's quota is used up"}
+
+
+def write_fault(exc: BaseException) -> str:
+    """What went wrong writing to a folder or a store, in words: no space, a bucket that is
+    gone, permission, throttling... else the error's own short reason. The deepest cause
+    is the most precise: a client library wraps it in errors of its own."""
+    for e in reversed(list(_chain(exc))):
+        code, status = _status(e)
+        if code in _STORE_FAULTS:
+            return _STORE_FAULTS[code]
+        if code in _THROTTLING or status in (429, 503):
+            return f"the store is throttling requests ({code or status})"
+        if isinstance(e, OSError) and e.errno in _WRITE_FAULTS:
+            return _WRITE_FAULTS[e.errno]
+    if any(isinstance(e, PermissionError) for e in _chain(exc)):
+        return "permission denied"
+    if any(isinstance(e, FileNotFoundError) for e in _chain(exc)):
+        return "the folder or bucket is gone"
+    if is_transient(exc):
+        return f"the store did not answer ({short_reason(exc)})"
+    return short_reason(exc)
+
+
 def unreachable(exc: FileNotFoundError) -> BaseException | None:
     """The connection failure behind a "not found" (fsspec's http store reports a server it
     cannot reach as a missing file), or None for a file that really is missing."""

@@ -5,6 +5,7 @@ import logging
 import os
 
 import pytest
+from botocore.exceptions import ClientError
 
 from effnet_ray.errors import UserError
 from effnet_ray.storage import (
@@ -17,6 +18,7 @@ from effnet_ray.storage import (
     put_atomic,
     redact,
     retrying,
+    write_fault,
 )
 
 pytestmark = pytest.mark.unit  # pure parts and single stages, without Ray
@@ -138,3 +140,28 @@ def test_put_atomic_replaces_whole_and_leaves_no_temporary(tmp_path):
     put_atomic(fs, f"{path}/f", b"two")
     assert (tmp_path / "f").read_bytes() == b"two"
     assert os.listdir(tmp_path) == ["f"]
+
+
+def _client_error(code, status):
+    return ClientError({"Error": {"Code": code, "Message": code},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: OSError(errno.ENOSPC, "No space left on device"), "no space left on the device"),
+    (lambda: OSError(errno.EDQUOT, "Disk quota exceeded"), "disk quota exceeded"),
+    (lambda: OSError(errno.EROFS, "Read-only file system"), "read-only"),
+    (lambda: PermissionError(errno.EACCES, "denied"), "permission denied"),
+    (lambda: _client_error("NoSuchBucket", 404), "the bucket is gone"),
+    (lambda: _client_error("AccessDenied", 403), "permission denied"),
+    (lambda: _client_error("SlowDown", 503), "throttling"),
+    (lambda: FileNotFoundError(errno.ENOENT, "gone"), "the folder is gone"),
+])
+def test_a_write_fault_is_named_in_words(make, words):
+    try:
+        try:
+            raise make()
+        except Exception as inner:  # as s3fs raises it: an OSError from the client error
+            raise OSError(errno.EIO, "write failed") from inner
+    except OSError as exc:
+        assert words in write_fault(exc)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import pyarrow as pa
 
 from effnet_ray.inputs.batch import ImageBatch
+from effnet_ray.output.faults import OutputFailed
 from effnet_ray.output.layout import Part
-from effnet_ray.output.lease import check_holder
+from effnet_ray.output.lease import LeaseLost, check_holder
 from effnet_ray.output.rows import parquet_bytes
-from effnet_ray.storage import open_fs, put_atomic, retrying
+from effnet_ray.storage import open_fs, put_atomic, redact, retrying, write_fault
 
 
 class Committer:
@@ -33,8 +34,13 @@ class Committer:
         part = Part(batch.uid, batch.first, table.num_rows,
                     table.num_rows - table.column("error").null_count, batch.last)
         data = parquet_bytes(table)
-        check_holder(fs, folder, self.token)
-        # A retried batch whose error count came out differently leaves a second file for
-        # the same rows; the scan at the end of the run (or the next start) keeps one.
-        retrying(lambda: put_atomic(fs, f"{folder}/{part.name}", data), fs)
+        try:
+            check_holder(fs, folder, self.token)
+            # A retried batch whose error count came out differently leaves a second file
+            # for the same rows; the scan at the end of the run (or the next start) keeps one.
+            retrying(lambda: put_atomic(fs, f"{folder}/{part.name}", data), fs)
+        except (LeaseLost, OutputFailed):
+            raise
+        except Exception as exc:
+            raise OutputFailed(f"output {redact(self.output)}: {write_fault(exc)}") from exc
         return part

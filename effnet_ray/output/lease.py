@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
+from effnet_ray.output.faults import OutputFailed
 from effnet_ray.output.layout import LEASE, timestamp
 from effnet_ray.storage import (
     TMP_PREFIX,
@@ -39,6 +40,7 @@ from effnet_ray.storage import (
     precondition_failed,
     protocols,
     put_atomic,
+    redact,
     retrying,
 )
 
@@ -193,6 +195,7 @@ class Lease:
         self.fs, self.folder, self.holder = fs, folder, holder
         self.made_folder = made_folder  # a run that leaves nothing removes it again
         self.lost = threading.Event()
+        self.gone = False  # the output itself vanished, rather than another run taking it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -240,6 +243,7 @@ class Lease:
             try:
                 holder, version = read_holder(self.fs, self.folder)
                 if holder is None or holder.token != self.token:
+                    self.gone = holder is None and not self.fs.exists(self.folder)
                     self.lost.set()
                     return
                 fresh = Holder(**{**asdict(self.holder), "heartbeat": time.time()})
@@ -252,19 +256,31 @@ class Lease:
             except Exception as exc:  # a store blip: the next beat tries again
                 log.debug("lease heartbeat failed: %s", exc)
 
+    def loss(self) -> LeaseLost | OutputFailed:
+        """Why the lease was lost, as the error that stops the run."""
+        if self.gone:
+            return OutputFailed(f"output {redact(display(self.fs, self.folder))}: the folder "
+                                "or bucket is gone")
+        return LeaseLost("another run took the output over")
+
     def release(self) -> None:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
-        holder, _ = read_holder(self.fs, self.folder)
-        if holder is not None and holder.token == self.token:
-            self.fs.rm_file(f"{self.folder}/{LEASE}")
-            if self.made_folder and not os.listdir(self.folder):
-                os.rmdir(self.folder)
+        try:
+            holder, _ = read_holder(self.fs, self.folder)
+            if holder is not None and holder.token == self.token:
+                self.fs.rm_file(f"{self.folder}/{LEASE}")
+                if self.made_folder and not os.listdir(self.folder):
+                    os.rmdir(self.folder)
+        except Exception as exc:  # an output that failed is reported by what ended the run
+            log.debug("could not release the lease of %s: %s", self.folder, exc)
 
 
 def check_holder(fs: AbstractFileSystem, folder: str, token: str) -> None:
     holder, _ = read_holder(fs, folder)
+    if holder is None and not retrying(lambda: fs.exists(folder), fs):
+        raise OutputFailed(f"output {redact(display(fs, folder))}: the folder or bucket is gone")
     if holder is None or holder.token != token:
         raise LeaseLost(f"the lease of {display(fs, folder)} no longer names this run "
                         "(another run took the output over); nothing more is written")

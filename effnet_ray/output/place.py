@@ -21,8 +21,12 @@ from effnet_ray.storage import (
     named_errors,
     names_in,
     open_fs,
+    protocols,
     redact,
 )
+
+# Object stores whose first path segment is a bucket (or container) that must exist.
+BUCKET_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 
 
 def _normal(fs: AbstractFileSystem, path: str) -> str:
@@ -46,6 +50,10 @@ def check_place(output: str, inputs: tuple[str, ...], storage_options: dict
     with named_errors(output):
         if fs.isfile(path):
             raise UserError(f"output {shown} exists and is not a folder")
+        bucket = path.split("/", 1)[0]
+        if set(protocols(fs)) & BUCKET_STORES and not fs.exists(bucket):
+            raise UserError(f"output {shown}: bucket {bucket} does not exist; create it first "
+                            "(effnet-ray never creates buckets)")
     out = _normal(fs, path)
     for item in inputs:
         in_fs, in_path = open_fs(item, storage_options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import _thread
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -43,6 +44,9 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     level = "INFO" if verbose else "WARNING"
+    # ray.init makes SIGTERM exit at once (sys.exit), skipping the run's own ending; the
+    # handler the caller had (the CLI's: stop as on Ctrl-C) is put back after it.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address:
             _check_reachable(address)
@@ -53,6 +57,9 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
         raise UserError(f"cannot start or reach Ray at {address or 'local'}: "
                         f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
                         ) from exc
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)
     quiet_ray(verbose)
     return True
 

@@ -27,8 +27,12 @@ RAY_DATA_NOISE = ("Progress bars disabled",)
 
 
 class _DropRayDataNoise(logging.Filter):
+    """Ray Data's errors are a failed task's traceback: the run reports that failure itself,
+    in one line, and the traceback stays in Ray's logs."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not any(text in record.getMessage() for text in RAY_DATA_NOISE)
+        return record.levelno < logging.ERROR and not any(
+            text in record.getMessage() for text in RAY_DATA_NOISE)
 
 
 def quiet_ray(verbose: bool) -> None:

@@ -27,6 +27,7 @@ from effnet_ray.inputs.reading import read_units
 from effnet_ray.inputs.samples import ReadTask
 from effnet_ray.models.registry import load_class_names
 from effnet_ray.output.commit import Committer
+from effnet_ray.output.faults import OutputFailed
 from effnet_ray.output.lease import LeaseLost
 from effnet_ray.output.manifest import end_run, start_run
 from effnet_ray.output.resume import Committed, scan, tidy
@@ -275,18 +276,22 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, pool: Actors,
                     _advance(state, stats, open_shards)
                     report(state)
                     if plan.lease.lost.is_set():
-                        raise LeaseLost("another run took the output over")
+                        raise plan.lease.loss()
             except KeyboardInterrupt:
                 if not watchdog.fired:
                     raise
                 raise UserError(f"nothing was committed for {options.run.stall_timeout:.0f} s "
                                 f"(after {state.this_run} images), so the run stopped; rerun "
                                 "the same command to resume") from None
-    except (ray.exceptions.RayError, LeaseLost) as exc:
+    except (ray.exceptions.RayError, LeaseLost, OutputFailed) as exc:
         cause = _root(exc)
         if isinstance(cause, LeaseLost):
             raise UserError(f"the run stopped after committing {state.this_run} images: "
                             f"{cause}") from exc
+        if isinstance(cause, OutputFailed):  # Ray Data appends lines of its own to it
+            raise UserError(f"the run stopped after committing {state.this_run} images: "
+                            f"{str(cause).splitlines()[0]}; rerun the same command to resume"
+                            ) from exc
         if is_transient(cause) or isinstance(cause, (OSError, ray.exceptions.RayError)):
             raise UserError(f"the run stopped after committing {state.this_run} images: "
                             f"{short_reason(cause)}; rerun the same command to resume") from exc
@@ -399,7 +404,9 @@ def _record_end(plan: RunPlan, manifest: dict, status: str, this_run: int, tally
     except Exception as exc:
         if status == "complete":
             raise
-        log.warning("could not record the run's end in the manifest: %s", short_reason(exc))
+        # a run that failed already says why; a failing output would only say it again
+        (log.debug if status == "failed" else log.warning)(
+            "could not record the run's end in the manifest: %s", short_reason(exc))
         return Ending(0, 0, 0), None
 
 
