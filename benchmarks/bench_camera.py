@@ -68,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100, help="N; runs N and 2N photos")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES),
+                        help="500x375 always runs: the others' ratios are to it")
     args = parser.parse_args()
     print(f"cpu: {cpu()}; steady state between {args.images} and {2 * args.images} photos",
           flush=True)
@@ -75,6 +77,8 @@ def main() -> None:
         root = Path(tmp)
         pairs = {}
         for label, size in SIZES.items():
+            if label not in args.sizes and label != "500x375":
+                continue
             (root / label).mkdir()
             pairs[label] = folders(root / label, size, args.images)
         for key in args.models:
@@ -82,6 +86,8 @@ def main() -> None:
             model = prepare_model(name, default_cache_dir(), random_seed=seed)
             base = None
             for size, decoding in CASES:
+                if size not in pairs:
+                    continue
                 rate = steady_state(pairs[size], args.images, name, model, decoding, root)
                 base = base or rate
                 print(f"  {name:24} {size:8} --decode {decoding:5}: {rate:6.2f} img/s, "
