@@ -59,8 +59,11 @@ def steady_state(pair: tuple[Path, Path], images: int, name: str, model: Path, d
     times = []
     for folder in pair:
         out = Path(tempfile.mkdtemp(dir=root, prefix="out-"))
+        # units of 8 photos: a large collection has many units to decode at once, which a
+        # folder of a few hundred photos in units of 64 would not show
         times.append(run([CLI, "label", str(folder), "-o", str(out), "--model", name,
-                          "--model-path", str(model), "--decode", decoding]))
+                          "--model-path", str(model), "--decode", decoding, "--unit-size", "8",
+                          "--no-compact"]))
     return images / (times[1] - times[0])
 
 

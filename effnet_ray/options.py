@@ -133,6 +133,9 @@ class RunOptions:
     overwrite: bool = _option(False, help="start over, deleting what an earlier run wrote into "
                               "--output (a folder holding anything else is refused)",
                               shown="resume")
+    no_compact: bool = _option(False, help="leave the output as one part file per batch when "
+                               "the run completes, rather than joining the new parts into "
+                               "files of about 256 MB (`effnet-ray compact` can do it later)")
     fail_on_error: bool = _option(False,
                                   help="exit non-zero when any image could not be labelled")
     stall_timeout: float = _option(900.0, help="seconds without a committed image before the "

@@ -20,7 +20,7 @@ from effnet_ray.output.manifest import write_manifest
 from effnet_ray.output.resume import scan
 from effnet_ray.output.rows import parquet_bytes, result_table
 from effnet_ray.storage import open_fs, put_atomic
-from tests.helpers import CLI, one_line_error, run_cli
+from tests.helpers import CLI, IMAGES, one_line_error, run_cli
 
 NAMES = load_class_names("imagenet_2012.txt")
 
@@ -30,10 +30,11 @@ def sorted_rows(folder):
     return table.sort_by("path")
 
 
-def label(inputs, out, lite0_ir):
+def label(inputs, out, lite0_ir, *more):
+    """84 photos in 21 parts, left as parts unless `more` says otherwise."""
     return run_cli("label", inputs, "--output", out, "--model", "efficientnet-lite0",
                    "--model-path", lite0_ir, "--precision", "f32", "--batch-size", "4",
-                   "--unit-size", "8")
+                   "--unit-size", "8", *(more or ["--no-compact"]))
 
 
 def test_compaction_keeps_every_row_and_resume_exact(many_photos, lite0_ir, tmp_path):
@@ -151,3 +152,53 @@ def test_a_crash_right_after_the_record_is_finished_by_the_next_compact(planted,
     assert result.returncode == 0, result.stderr
     assert not list(out.glob("part-*")) and not list(out.glob(".tmp-*"))
     assert sorted_rows(out).equals(reference)
+
+
+def test_a_complete_run_leaves_files_sized_for_readers_and_a_rerun_labels_nothing(
+        many_photos, lite0_ir, tmp_path):
+    out = tmp_path / "out"
+    first = label(many_photos, out, lite0_ir, "--progress-seconds", "1")
+    assert first.returncode == 0, first.stderr
+    files = sorted(p.name for p in out.glob("*.parquet"))
+    assert not [f for f in files if f.startswith("part-")]
+    assert 1 <= len(files) <= 2, files  # 84 small rows: one file, or two with a few extra
+    rows = sorted_rows(out)
+    assert rows.num_rows == IMAGES and len(set(rows.column("path").to_pylist())) == IMAGES
+    again = label(many_photos, out, lite0_ir, "--progress-seconds", "1")
+    assert again.returncode == 0, again.stderr
+    assert f"labelled {IMAGES} images ({IMAGES} from earlier runs)" in again.stdout
+    assert sorted(p.name for p in out.glob("*.parquet")) == files
+    assert sorted_rows(out).equals(rows)
+
+
+def test_a_kill_during_the_end_of_run_compaction_is_finished_by_the_next_label(
+        many_photos, lite0_ir, tmp_path, monkeypatch):
+    """The record is written, the joined files are still hidden and the parts still there
+    when the run dies: the next `label` finishes the join, and every row is there once."""
+    import effnet_ray
+    import effnet_ray.output.compaction as compaction
+
+    out = tmp_path / "out"
+    calls = []
+    real_tidy = compaction.tidy
+
+    def tidy_then_crash(*args):
+        calls.append(1)
+        if len(calls) == 2:  # the tidy that would finish the join
+            raise KeyboardInterrupt
+        return real_tidy(*args)
+
+    monkeypatch.setattr(compaction, "tidy", tidy_then_crash)
+    options = effnet_ray.LabelOptions.build(
+        [str(many_photos)], str(out), model="efficientnet-lite0", model_path=str(lite0_ir),
+        precision="f32", batch_size=4, unit_size=8)
+    with pytest.raises(KeyboardInterrupt):
+        effnet_ray.label(options)
+    monkeypatch.undo()
+    assert list(out.glob("part-*")) and list(out.glob(".tmp-compact-*"))
+    assert (out / "_compaction.json").exists()
+    result = label(many_photos, out, lite0_ir, "--progress-seconds", "1")
+    assert result.returncode == 0, result.stderr
+    assert not list(out.glob("part-*")) and not list(out.glob(".tmp-*"))
+    rows = sorted_rows(out)
+    assert rows.num_rows == IMAGES and len(set(rows.column("path").to_pylist())) == IMAGES

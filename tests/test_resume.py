@@ -273,7 +273,8 @@ def small_args(lite0_ir, out, inputs=PHOTOS, **changes):
     """The 7 bundled photos in units of 3 and batches of 2; `changes` override options."""
     options = {"--model": "efficientnet-lite0", "--model-path": lite0_ir, "--precision": "f32",
                "--batch-size": "2", "--unit-size": "3", **changes}
-    return ["label", inputs, "--output", out, *[x for kv in options.items() for x in kv]]
+    return ["label", inputs, "--output", out, "--no-compact",
+            *[x for kv in options.items() for x in kv]]
 
 
 def test_crash_leftovers_and_duplicates_do_not_count(lite0_ir, tmp_path):

@@ -89,10 +89,30 @@ def compact(out: str, target_size: int = DEFAULT_TARGET, storage_options: dict |
         lease.release()
 
 
+def compact_new_parts(fs: AbstractFileSystem, folder: str, manifest: dict,
+                      target_size: int = DEFAULT_TARGET) -> int:
+    """The end of a complete run, under its lease: the parts not in a compacted file yet
+    become compacted files of their own, beside those already there, so a resumed run
+    rewrites only what it added. Returns the files written."""
+    committed = scan(fs, folder)
+    tidy(fs, folder, committed, None)
+    loose = [p for starts in committed.parts.values() for p in starts.values()
+             if (p.uid, p.first) not in committed.compacted]
+    if not loose:
+        return 0
+    files = _rewrite(fs, folder, committed, loose, target_size, keep=committed.record)
+    manifest.setdefault("compactions", []).append({
+        "at": timestamp(), "files": files, "rows": sum(p.rows for p in loose),
+        "target_size": target_size})
+    write_manifest(fs, folder, manifest)
+    return files
+
+
 def _rewrite(fs: AbstractFileSystem, folder: str, committed: Committed, parts: list[Part],
-             target_size: int) -> int:
-    """Write every part into new compacted files in path order, commit them with the record,
-    and remove what they replace; returns the number of files."""
+             target_size: int, keep: list[CompactFile] | None = None) -> int:
+    """Write `parts` into new compacted files in path order, commit them with the record
+    (beside the compacted files to `keep`), and remove what they replace; returns the number
+    of files written."""
     per_row = _bytes_per_row(fs, folder, committed, parts)
     schema, order = _in_path_order(fs, folder, committed, parts)
     generation = uuid.uuid4().hex[:8]
@@ -102,7 +122,7 @@ def _rewrite(fs: AbstractFileSystem, folder: str, committed: Committed, parts: l
         write_compacted(fs, folder, name, (_table_of(fs, folder, committed, p) for p in group),
                         schema, group_rows(per_row))
         new.append(CompactFile(name, tuple(group)))
-    write_record(fs, folder, new)  # the commit point
+    write_record(fs, folder, [*(keep or []), *new])  # the commit point
     tidy(fs, folder, scan(fs, folder), None)  # rename into place, delete what it covers
     return len(new)
 
@@ -112,7 +132,9 @@ def _bytes_per_row(fs: AbstractFileSystem, folder: str, committed: Committed,
     sizes = {i["name"].rsplit("/", 1)[-1]: i["size"] for i in fs.ls(folder, detail=True)}
     total = sum(sizes.get(p.name, 0) for p in parts
                 if (p.uid, p.first) not in committed.compacted)
-    total += sum(sizes.get(f.name, 0) for f in committed.record)
+    holding = {committed.compacted[(p.uid, p.first)].name for p in parts
+               if (p.uid, p.first) in committed.compacted}
+    total += sum(sizes.get(name, 0) for name in holding)
     return max(1.0, total / max(1, sum(p.rows for p in parts)))
 
 

@@ -27,6 +27,7 @@ from effnet_ray.inputs.reading import read_units
 from effnet_ray.inputs.samples import ReadTask
 from effnet_ray.models.registry import load_class_names
 from effnet_ray.output.commit import Committer
+from effnet_ray.output.compaction import DEFAULT_TARGET, compact_new_parts
 from effnet_ray.output.faults import OutputFailed
 from effnet_ray.output.lease import LeaseLost
 from effnet_ray.output.manifest import end_run, start_run
@@ -358,6 +359,9 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
                 state, _ = _progress_state(plan, final)
                 state.started, state.done_at_start = started, state.done - this_run
                 report.close(state)
+        if status == "complete" and not ending.unfinished_units and \
+                not options.run.no_compact:
+            _compact_new_parts(plan, manifest)
     finally:
         if owns_ray:
             ray.shutdown()
@@ -408,6 +412,17 @@ def _record_end(plan: RunPlan, manifest: dict, status: str, this_run: int, tally
         (log.debug if status == "failed" else log.warning)(
             "could not record the run's end in the manifest: %s", short_reason(exc))
         return Ending(0, 0, 0), None
+
+
+def _compact_new_parts(plan: RunPlan, manifest: dict) -> None:
+    """Readers are slow on thousands of small files: a complete run joins the parts it added
+    into large files, under its lease, with `compact`'s crash guarantees (a kill leaves what
+    the next `label` or `compact` finishes)."""
+    started = time.time()
+    files = compact_new_parts(plan.fs, plan.path, manifest)
+    if files:
+        log.info("joined the new parts into %d file(s) of about %d MB (%.1f s)", files,
+                 DEFAULT_TARGET // 10**6, time.time() - started)
 
 
 def run_settings(plan: RunPlan) -> dict:
