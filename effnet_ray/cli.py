@@ -12,6 +12,7 @@ import sys
 import traceback
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
+from typing import NoReturn
 
 import pyarrow.dataset as pads
 
@@ -38,7 +39,7 @@ _FLAG_TYPES = {"int": int, "float": float, "float | None": float}
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage plus message
+    def error(self, message: str) -> NoReturn:  # one line, not usage plus message
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
@@ -62,7 +63,7 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
             if f.type == "bool":
                 p.add_argument(flag, action="store_true", default=None, help=_flag_help(f))
             else:
-                p.add_argument(flag, type=_FLAG_TYPES.get(f.type, str), help=_flag_help(f),
+                p.add_argument(flag, type=_FLAG_TYPES.get(str(f.type), str), help=_flag_help(f),
                                metavar="JSON" if f.type == "dict" else None)
     _add_storage_option(p)
 
@@ -185,11 +186,16 @@ def models_list(args: argparse.Namespace) -> None:
         print(f"{'':28} {spec.description}")
 
 
-def _prepare_model(name: str, cache: Path, **how: object) -> Path:
+def _prepare_model(name: str, cache: Path, weights: Path | None = None,
+                   weights_url: str | None = None, random_seed: int | None = None,
+                   verify: bool = True, force: bool = False) -> Path:
     # The convert extra (PyTorch) loads only for the commands that build a model.
-    from effnet_ray.prepare.convert import prepare_model
-
-    return prepare_model(name, cache, **how)
+    try:
+        from effnet_ray.prepare.convert import prepare_model
+    except ImportError as exc:
+        raise UserError(f"building a model needs the convert extra ({exc.name} is missing): "
+                        "pip install 'effnet-ray[convert]'") from None
+    return prepare_model(name, cache, weights, weights_url, random_seed, verify, force)
 
 
 def models_prepare(args: argparse.Namespace) -> None:

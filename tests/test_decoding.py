@@ -27,9 +27,12 @@ from tests.helpers import B7_SEEDS
 
 CONTRACTS = ["efficientnet-lite0", *B7_SEEDS]
 # benchmarks/bench_decode_fast.py, OpenVINO at f32 (AMD EPYC Zen 5): fast against exact,
-# worst relative L2 of the logits 0.040 (Lite0) on 12 and 48 MP photos, where the default
-# precision (bf16) alone is 0.04-0.05 away from f32. The bound leaves room for other photos.
-RELATIVE_L2 = 0.08
+# worst relative L2 of the logits 0.040 for Lite0 on 12 and 48 MP photos, where the default
+# precision (bf16) alone moves them 0.041 (median) from f32. B7 with random weights magnifies
+# every pixel change: fast moves its logits 0.08-0.14 (median), 0.25 at worst, and bf16 alone
+# 0.05-0.06, 0.16 at worst. The bounds leave room for other photos.
+RELATIVE_L2 = {"efficientnet-lite0": 0.08, "efficientnet-b7-pytorch": 0.4,
+               "efficientnet-b7_auto_aug": 0.4}
 
 
 def _photos() -> list[Image.Image]:
@@ -108,7 +111,7 @@ def test_fast_logits_of_camera_photos_stay_within_the_measured_tolerance(lite0_i
     spec = get_spec("efficientnet-lite0")
     compiled = _compiled(lite0_ir, spec)
     results = [_relative_l2(compiled, spec, data) for data in camera_photos]
-    assert max(d for d, _ in results) < RELATIVE_L2
+    assert max(d for d, _ in results) < RELATIVE_L2["efficientnet-lite0"]
     assert sum(same for _, same in results) >= len(results) - 2
 
 
@@ -119,7 +122,7 @@ def test_fast_b7_logits_of_camera_photos_stay_within_the_measured_tolerance(b7_i
     spec = get_spec(model)
     compiled = _compiled(b7_irs[model], spec)
     distances = [_relative_l2(compiled, spec, data)[0] for data in camera_photos[:6]]
-    assert max(distances) < RELATIVE_L2
+    assert max(distances) < RELATIVE_L2[model]
 
 
 _PEAK = """

@@ -16,6 +16,7 @@ import io
 import math
 import struct
 import warnings
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -31,6 +32,7 @@ REDUCING_GAP = 3.0
 # keeps, so that resize still filters: at 2x the logits move half as far as at 1x, for a few
 # ms more per 12 MP photo (docs/performance.md).
 DRAFT_MARGIN = 2.0
+T = TypeVar("T")
 _SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _CONVERTIBLE = {"1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr"}
 _RESAMPLE = {
@@ -94,6 +96,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _given(value: T | None, step: Step) -> T:
+    """A field the step's op needs: there, since contracts are validated on load."""
+    if value is None:
+        raise ValueError(f"preprocessing step {step.op} lacks a field its op needs")
+    return value
+
+
 def smallest_scale(steps: tuple[Step, ...], width: int, height: int) -> float:
     """The smallest fraction of a `width`x`height` image at which every resize of `steps`
     still shrinks it (or keeps its size), whichever way up the photo turns out to be: decoding
@@ -103,11 +112,12 @@ def smallest_scale(steps: tuple[Step, ...], width: int, height: int) -> float:
         kept = 1.0  # what the fraction crops before the first resize keep of each side
         for step in steps:
             if step.op == "central_fraction_crop":
-                kept *= step.fraction
+                kept *= _given(step.fraction, step)
             elif step.op == "resize_short_side":
-                return step.size / (min(w, h) * kept)
+                return _given(step.size, step) / (min(w, h) * kept)
             elif step.op == "resize":
-                return max(step.width / (w * kept), step.height / (h * kept))
+                return max(_given(step.width, step) / (w * kept),
+                           _given(step.height, step) / (h * kept))
             else:
                 return 1.0
         return 1.0
@@ -144,16 +154,19 @@ def apply_step(image: Image.Image, step: Step, max_pixels: int = MAX_PIXELS,
                fast: bool = False) -> Image.Image:
     width, height = image.size
     if step.op == "resize_short_side":
-        return _resize(image, short_side_size(width, height, step.size), step, max_pixels,
-                       fast)
+        size = short_side_size(width, height, _given(step.size, step))
+        return _resize(image, size, step, max_pixels, fast)
     if step.op == "resize":
-        return _resize(image, (step.width, step.height), step, max_pixels, fast)
+        size = (_given(step.width, step), _given(step.height, step))
+        return _resize(image, size, step, max_pixels, fast)
     if step.op == "center_crop":
-        return image.crop(centered_box(width, height, step.width, step.height))
+        box = centered_box(width, height, _given(step.width, step), _given(step.height, step))
+        return image.crop(box)
     if step.op == "central_fraction_crop":
         # max(1, ...) keeps 1-pixel images usable where OMZ would produce an empty crop.
-        crop_w = max(1, int(width * step.fraction))
-        crop_h = max(1, int(height * step.fraction))
+        fraction = _given(step.fraction, step)
+        crop_w = max(1, int(width * fraction))
+        crop_h = max(1, int(height * fraction))
         return image.crop(centered_box(width, height, crop_w, crop_h))
     raise ValueError(f"unknown preprocessing op {step.op}")
 

@@ -72,7 +72,7 @@ def unit_samples(kind: str, uris: list[str], sizes: list, versions: list, task: 
 
 
 def preprocess_sample(sample: Sample, task: ReadTask) -> np.ndarray | None:
-    if sample.error is not None:
+    if sample.error is not None or sample.data is None:
         return None
     try:
         return preprocess_bytes(sample.data, task.spec, task.options.max_pixels,
@@ -112,7 +112,9 @@ def _unit_batches(units: dict[str, np.ndarray], task: ReadTask) -> Iterator[Imag
             units["kind"], units["uris"], units["sizes"], units["versions"], units["uid"],
             units["done"], strict=True):
         done = {int(d) for d in done}
-        first, samples, images = 0, [], []
+        first = 0
+        samples: list[Sample] = []
+        images: list[np.ndarray] = []
         skip = lambda i: i // size * size in done  # noqa: B023, E731
         sizes = [None if s is None or s < 0 else int(s) for s in sizes]
         for index, sample in enumerate(unit_samples(

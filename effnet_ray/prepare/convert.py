@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import geffnet
 import numpy as np
 import openvino as ov
+import torch
 from PIL import Image
 
 from effnet_ray import __version__
@@ -20,23 +22,14 @@ from effnet_ray.models.ir import check_contract, file_sha256, read_ir, save_ir, 
 from effnet_ray.models.registry import PHOTOS, ModelSpec, get_spec
 from effnet_ray.prepare.weights import resolve_weights
 
-try:
-    import geffnet
-    import torch
-except ImportError:  # the labeling job never needs this module
-    torch = geffnet = None
-
 DARK = 0.15  # dark copies of the calibration photos keep very dark inputs in range
 
 
-def _require_torch() -> None:
-    if torch is None:
-        raise UserError("model conversion needs PyTorch and gen-efficientnet: "
-                        "pip install 'effnet-ray[convert]'")
-
-
-class ContractInput(torch.nn.Module if torch else object):
+class ContractInput(torch.nn.Module):
     """Turns the contract's input (layout, colour order, 0-255) into the network's input."""
+
+    mean: torch.Tensor  # buffers: saved with the graph, moved with the module
+    scale: torch.Tensor
 
     def __init__(self, net: torch.nn.Module, spec: ModelSpec) -> None:
         super().__init__()
@@ -61,7 +54,6 @@ def create_network(spec: ModelSpec) -> torch.nn.Module:
     arithmetic at sizes where a stride-2 input is odd (600x600: logits off by 4-60%); the
     export variant computes the pads once, in Python, at the first forward pass.
     """
-    _require_torch()
     with geffnet.config.set_layer_config(exportable=True):
         return geffnet.create_model(spec.source.architecture, pretrained=False)
 
@@ -112,7 +104,6 @@ def random_network(spec: ModelSpec, seed: int) -> torch.nn.Module:
     and turn chaotic (f32 and f64 disagree by 60%). With one batch, f32 stays within 2e-5 of
     f64 on real photos.
     """
-    _require_torch()
     torch.manual_seed(seed)
     net = create_network(spec)
     mean = torch.tensor(spec.source.mean).view(1, 3, 1, 1)
@@ -157,8 +148,9 @@ def to_openvino(spec: ModelSpec, net: torch.nn.Module, meta: dict) -> ov.Model:
 def prepare(spec: ModelSpec, dest: Path, weights: Path | None = None,
             random_seed: int | None = None) -> Path:
     """Build the IR for `spec` at `dest` (…/model.xml) from verified weights or a seed."""
-    _require_torch()
     if random_seed is None:
+        if weights is None:
+            raise UserError(f"{spec.name}: no weights file and no seed to build it from")
         net = pretrained_network(spec, weights)
         meta = {"random_weights": False, "weights_sha256": file_sha256(weights)}
     else:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
 
 from effnet_ray.errors import UserError
 from effnet_ray.inputs.listing import list_sources, work_units
@@ -70,15 +71,14 @@ def contract_tensor(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if spec.input.layout == "NCHW" else x)
 
 
-def _top5(compiled: object, images: list[np.ndarray], spec: ModelSpec) -> np.ndarray:
+def _top5(compiled: ov.CompiledModel, images: list[np.ndarray], spec: ModelSpec
+          ) -> np.ndarray:
     return np.stack([np.argsort(-compiled(contract_tensor(i, spec))[0][0], kind="stable")[:5]
                      for i in images])
 
 
-def agreement(source: object, quantized: object, images: list[np.ndarray], spec: ModelSpec
-              ) -> Guard:
-    import openvino as ov
-
+def agreement(source: ov.Model, quantized: ov.Model, images: list[np.ndarray],
+              spec: ModelSpec) -> Guard:
     core = ov.Core()
     f32 = {"INFERENCE_PRECISION_HINT": "f32"}
     a = _top5(core.compile_model(source, "CPU", f32), images, spec)

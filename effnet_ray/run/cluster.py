@@ -43,7 +43,7 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    level = "INFO" if verbose else "WARNING"
+    level = logging.INFO if verbose else logging.WARNING
     # ray.init makes SIGTERM exit at once (sys.exit), skipping the run's own ending; the
     # handler the caller had (the CLI's: stop as on Ctrl-C) is put back after it.
     on_sigterm = signal.getsignal(signal.SIGTERM)

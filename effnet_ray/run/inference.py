@@ -60,10 +60,11 @@ def with_contract_input(model: ov.Model, spec: ModelSpec) -> ov.Model:
     return ppp.build()
 
 
-def compile_settings(options: InferenceOptions) -> dict:
-    config = {"PERFORMANCE_HINT": "THROUGHPUT"}
-    if PRECISIONS[options.precision]:
-        config["INFERENCE_PRECISION_HINT"] = PRECISIONS[options.precision]
+def compile_settings(options: InferenceOptions) -> dict[str, str | int]:
+    config: dict[str, str | int] = {"PERFORMANCE_HINT": "THROUGHPUT"}
+    precision = PRECISIONS[options.precision]
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
     if options.threads:
         config["INFERENCE_NUM_THREADS"] = options.threads
     return config
