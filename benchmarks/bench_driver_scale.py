@@ -32,8 +32,9 @@ from synthetic import cpu
 
 from effnet_ray.inputs.listing import list_sources, work_units
 from effnet_ray.options import LabelOptions, ReadOptions
-from effnet_ray.output.layout import MANIFEST, Part
+from effnet_ray.output.layout import MANIFEST, RECORD, Part, compact_name
 from effnet_ray.output.manifest import end_run, start_run
+from effnet_ray.output.record import CompactFile, read_record, write_record
 from effnet_ray.output.resume import Committed, scan, tidy
 from effnet_ray.run.job import _items
 from effnet_ray.run.progress import Tracker
@@ -43,6 +44,7 @@ BUCKET, PREFIXES = "bench", 1000
 INPUT, OUTPUT = f"s3://{BUCKET}/images", f"s3://{BUCKET}/out"
 STORAGE = {"key": "bench", "secret": "bench"}  # never used: no request leaves the process
 PAGE = 1000  # keys a ListObjectsV2 page holds
+PARTS_A_FILE = 40_000  # parts a compacted file holds; the record is per part whatever it is
 MIB = 2**20
 
 
@@ -154,6 +156,16 @@ def child(keys: int, traced: bool) -> dict:
     del items
 
     memory = fsspec.filesystem("memory")
+    parts = [p for name in store.parts if (p := Part.parse(name))]
+    write_record(memory, "/record", [
+        CompactFile(compact_name("0" * 8, i), tuple(parts[i:i + PARTS_A_FILE]))
+        for i in range(0, len(parts), PARTS_A_FILE)])
+    out["record_bytes"] = len(memory.cat_file(f"/record/{RECORD}"))
+    before = held()
+    started = time.perf_counter()
+    record = read_record(memory, "/record")
+    out["record_s"], out["record_held"] = time.perf_counter() - started, held() - before
+    del record
     options = LabelOptions.build([INPUT], "memory://manifest")
     manifest = start_run(memory, "/manifest", None, options.identity(), {})
     end_run(memory, "/manifest", manifest, "complete", {"images": keys, "errors": 0})
@@ -193,6 +205,10 @@ def main() -> None:
     print(f"  scan         {t['committed_bytes'] / n:7.0f}  ({t['parts']:,} parts)")
     print(f"  Ray items    {t['items_bytes'] / n:7.0f}  (the list given to from_items)")
     print(f"  manifest     {t['manifest_bytes']:7d}  bytes in all, whatever the keys")
+    print(f"  compaction record {t['record_bytes'] / n:.1f} bytes of JSON a key, "
+          f"{t['record_held'] / n:.0f} in memory once read, "
+          f"read in {t['record_s'] / t['parts'] * 1e6:.1f} us a part (every scan of a compacted "
+          "output)")
     print(f"\n{'keys':>10} {'units':>7} {'list s':>7} {'LISTs':>6} {'parts':>7} {'scan s':>7} "
           f"{'LISTs':>5} {'todo s':>6} {'tidy s':>6} {'count s':>7} {'items s':>7} "
           f"{'RSS MiB':>7} {'peak MiB':>8}")
