@@ -56,7 +56,7 @@ _MAGIC = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per image, kept for the run: 40 bytes less each
 class Source:
     """One listed file: an image file or a shard, with what the listing knows of it."""
 

@@ -45,7 +45,7 @@ from effnet_ray.run.cluster import (
 from effnet_ray.run.inference import Classifier, DecodingClassifier, ModelFile
 from effnet_ray.run.placement import actor_request
 from effnet_ray.run.preflight import RunPlan
-from effnet_ray.run.progress import LogLines, ProgressState, Reporter
+from effnet_ray.run.progress import LogLines, Reporter, Tracker
 from effnet_ray.storage import is_transient, printable, short_reason
 
 log = logging.getLogger(__name__)
@@ -239,25 +239,9 @@ def _actors(plan: RunPlan) -> Actors:
     return Actors(actors, decoders, cpus_of(nodes))
 
 
-def _progress_state(plan: RunPlan, committed: Committed) -> tuple[ProgressState, set[str]]:
-    """What is known at the start: images listed (tar shards not read yet apart) and done."""
-    total = done = errors = 0
-    open_shards = set()
-    for unit in plan.units:
-        parts = committed.parts.get(unit.uid, {}).values()
-        before = sum(p.rows for p in parts)
-        done += before
-        errors += sum(p.errors for p in parts)
-        if unit.kind == "files":
-            total += len(unit.sources)
-        elif unit.kind == "parquet" and plan.shard_rows.get(unit.uid) is not None:
-            total += plan.shard_rows[unit.uid]
-        elif committed.complete(unit.uid, plan.options.read.batch_size):
-            total += before
-        else:
-            open_shards.add(unit.uid)
-    return ProgressState(done=done, total=total, errors=errors, shards_open=len(open_shards),
-                         done_at_start=done), open_shards
+def _tracker(plan: RunPlan, committed: Committed) -> Tracker:
+    """The run's progress, from what is listed and what `committed` holds."""
+    return Tracker(plan.units, committed, plan.shard_rows)
 
 
 def _label(plan: RunPlan, units: list[Unit], committed: Committed, pool: Actors,
@@ -265,7 +249,8 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, pool: Actors,
     """Run the pipeline over `units`; the rows committed, reported as they come and counted
     into `tally`."""
     options = plan.options
-    state, open_shards = _progress_state(plan, committed)
+    tracker = _tracker(plan, committed)
+    state = tracker.state
     report(state)
     try:
         with Watchdog(options.run.stall_timeout) as watchdog:
@@ -274,7 +259,7 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, pool: Actors,
                         batch_size=None, batch_format="pyarrow"):
                     watchdog.committed()
                     tally.add(stats)
-                    _advance(state, stats, open_shards)
+                    tracker.add(stats)
                     report(state)
                     if plan.lease.lost.is_set():
                         raise plan.lease.loss()
@@ -298,16 +283,6 @@ def _label(plan: RunPlan, units: list[Unit], committed: Committed, pool: Actors,
                             f"{short_reason(cause)}; rerun the same command to resume") from exc
         raise
     return state.this_run
-
-
-def _advance(state: ProgressState, stats: pa.Table, open_shards: set[str]) -> None:
-    state.done += pc.sum(stats.column("rows")).as_py() or 0
-    state.errors += pc.sum(stats.column("errors")).as_py() or 0
-    for part in stats.select(["uid", "first", "last", "rows"]).to_pylist():
-        if part["last"] and part["uid"] in open_shards:  # now its length is known
-            open_shards.discard(part["uid"])
-            state.total += part["first"] + part["rows"]
-            state.shards_open = len(open_shards)
 
 
 def _root(exc: BaseException) -> BaseException:
@@ -356,7 +331,7 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
         finally:
             ending, final = _record_end(plan, manifest, status, this_run, tally)
             if hasattr(report, "close") and final is not None:
-                state, _ = _progress_state(plan, final)
+                state = _tracker(plan, final).state
                 state.started, state.done_at_start = started, state.done - this_run
                 report.close(state)
         if status == "complete" and not ending.unfinished_units and \

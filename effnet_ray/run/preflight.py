@@ -120,6 +120,10 @@ def list_units(options: LabelOptions, exclude: str
     parquet = [u for u in units if u.kind == "parquet"]
     footers = read_footers([u.uris[0] for u in parquet], read.image_column,
                            options.storage_options)
+    # s3fs keeps every listed key's details (~1 KB a key) in the filesystem instance, which
+    # fsspec keeps for the process; nothing reads them again once the footers are read.
+    for item in options.inputs:
+        open_fs(item, options.storage_options)[0].invalidate_cache()
     log.info("listed %d sources in %d work units (%.1f s)", sum(len(u.uris) for u in units),
              len(units), time.time() - started)
     return units, {u.uid: footers[u.uris[0]] for u in parquet}
