@@ -191,7 +191,7 @@ class LabelOptions:
         for name, kind in _numeric().items():
             if name in given:
                 given[name] = _number(name, given[name], kind)
-        storage = given.pop("storage_options", {})
+        storage = parse_json_object("storage-options", given.pop("storage_options", None))
         groups = {group: kind(**{k: v for k, v in given.items() if names.get(k) == group})
                   for group, kind in GROUPS.items()}
         return cls(inputs=tuple(inputs), output=str(output), storage_options=storage, **groups)
@@ -218,11 +218,14 @@ def default(name: str) -> object:
     return value.default
 
 
-def parse_json_object(option: str, text: str | dict | None) -> dict:
+def parse_json_object(option: str, text: object) -> dict:
+    """A JSON object given as text (a flag) or already as a dict (Python); {} for nothing."""
     if not text:
         return {}
     if isinstance(text, dict):
         return text
+    if not isinstance(text, str):
+        raise UserError(f"--{option} must be a JSON object, not {type(text).__name__}")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -275,7 +278,7 @@ def validate(options: LabelOptions) -> None:
     if pillow_limit and read.max_pixels > pillow_limit:
         raise UserError(f"--max-pixels must be at most {pillow_limit} (Pillow's hard limit in "
                         f"this process), not {read.max_pixels}")
-    if place.actor_gpus < 0:
+    if (place.actor_gpus or 0.0) < 0:
         raise UserError(f"--actor-gpus must be 0 or positive, not {place.actor_gpus}")
     check_resources(place.actor_resources, "--actor-resources")
     check_resources(place.reader_resources, "--reader-resources")

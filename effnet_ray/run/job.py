@@ -15,6 +15,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -157,8 +158,9 @@ def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, pool: 
                   ) -> ray.data.Dataset:
     options, place = plan.options, plan.options.placement
     items = _items(units, committed)
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_READ_BLOCKS)
-                             if pool.decoders else read_tasks(len(items), pool.cpus))
+    blocks = min(len(items), MAX_READ_BLOCKS) if pool.decoders \
+        else read_tasks(len(items), pool.cpus)
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=blocks)
     # Every batch a task yields is a block of its own, so it moves on as soon as it is made
     # rather than with the rest of its task's (Ray Data would gather yields into blocks of
     # up to 128 MiB: a whole task's output, for a small model).
@@ -181,7 +183,7 @@ def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, pool: 
         # The memory reservation bounds decoding per node and, being unlike the actors'
         # arguments, keeps Ray Data from fusing decoding into the actors' calls, where it
         # would stall inference.
-        ds = ds.map_batches(read_units, fn_kwargs={"task": task}, batch_size=1,
+        ds = ds.map_batches(partial(read_units, task=task), batch_size=1,
                             num_cpus=READER_CPUS,
                             memory=decode_memory(options.read.max_pixels,
                                                  options.read.max_bytes),
@@ -225,7 +227,7 @@ class Tally:
 def _actors(plan: RunPlan) -> Actors:
     """Actors for the connected cluster, sized against what decoding needs."""
     options, place = plan.options, plan.options.placement
-    request = actor_request(place.actor_cpus, place.actor_gpus, place.actor_resources)
+    request = actor_request(place.actor_cpus, place.actor_gpus or 0.0, place.actor_resources)
     reader = {"CPU": READER_CPUS,
               "memory": decode_memory(options.read.max_pixels, options.read.max_bytes),
               **place.reader_resources}
