@@ -144,7 +144,8 @@ def _runs(manifest: dict | None) -> list[dict]:
         except (KeyError, TypeError, ValueError):
             pass
         done = run.get("this_run")
-        rate = done / seconds if seconds and done is not None else None
+        counted = isinstance(done, (int, float)) and not isinstance(done, bool)
+        rate = done / seconds if seconds and counted else None
         runs.append({**run, "seconds": seconds, "rate": rate})
     return runs
 
