@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
+from effnet_ray.output.damage import reading
 from effnet_ray.output.layout import COMPACT, RECORD, UID, Part, compact_name, staged
 from effnet_ray.output.rows import parquet_options
 from effnet_ray.storage import named_errors, put_atomic, redact
@@ -165,7 +166,7 @@ def cut(fs: AbstractFileSystem, folder: str, files: list[CompactFile],
         replaced.append(f)
         if not parts:
             continue
-        with fs.open(f"{folder}/{f.name}", "rb") as handle:
+        with reading(redact(folder), f.name), fs.open(f"{folder}/{f.name}", "rb") as handle:
             table = pq.read_table(handle)
         offsets = _offsets(f)
         slices = [table.slice(*offsets[(p.uid, p.first)]) for p in parts]

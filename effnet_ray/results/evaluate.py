@@ -16,15 +16,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
 from effnet_ray.models.registry import get_spec, load_class_names, load_wnids
+from effnet_ray.output.damage import check_footers, damaged_line, is_damage, reading
+from effnet_ray.output.resume import scan
 from effnet_ray.results.truth import UNKNOWN, ground_truth, read_truth_file
-from effnet_ray.storage import is_local, named_errors, open_fs, redact
+from effnet_ray.storage import is_local, named_errors, open_fs, redact, short_reason
 
 COLUMNS = ["path", "model", "class_id", "top_k_ids", "top_k_probs", "error", "source_label"]
 ECE_BINS = 15
 CONFUSED = 10
+_FILE = "__fragment_index"  # pyarrow's: which of the dataset's files a row came from
 
 
 @dataclass
@@ -47,20 +52,54 @@ class Evaluation:
 
 def read_output(out: str, columns: list[str], storage_options: dict | None = None
                 ) -> pa.Table:
-    """Columns of every part of an output, as one table (manifest and lease are skipped)."""
+    """Columns of the rows an output counts, as one table: its parts and recorded compacted
+    files, not leftovers or duplicates (`resume.scan`). A file that cannot be read, or that
+    holds other rows than its name says, is named with its repair."""
     fs, path = open_fs(out, storage_options)
+    shown = redact(out)
     with named_errors(out):
         if not fs.exists(path):
-            raise UserError(f"{redact(out)} does not exist")
+            raise UserError(f"{shown} does not exist")
         if not fs.isdir(path):
-            raise UserError(f"{redact(out)} is not an output folder")
-        filesystem = None if is_local(fs) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-        dataset = pads.dataset(path, format="parquet", filesystem=filesystem)
-        present = [c for c in columns if c in dataset.schema.names]
-        table = dataset.to_table(columns=present)
+            raise UserError(f"{shown} is not an output folder")
+    holding = scan(fs, path).holding
+    files = sorted(holding)
+    if not files:
+        raise UserError(f"{shown} holds no results")
+    filesystem = None if is_local(fs) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    with named_errors(out):
+        try:
+            dataset = pads.dataset([f"{path}/{n}" for n in files], format="parquet",
+                                   filesystem=filesystem)
+            present = [c for c in columns if c in dataset.schema.names]
+            table = dataset.to_table(columns=[*present, _FILE])
+        except Exception as exc:
+            if not is_damage(exc):
+                raise
+            raise _damaged(fs, path, shown, holding, columns, exc) from exc
+    found = np.bincount(table.column(_FILE).to_numpy(), minlength=len(files))
+    for name, rows in zip(files, found.tolist(), strict=True):
+        if rows != holding[name]:
+            raise damaged_line(shown, name, f"holds {rows} rows, its name says {holding[name]}")
     if table.num_rows == 0:
-        raise UserError(f"{redact(out)} holds no results")
-    return table
+        raise UserError(f"{shown} holds no results")
+    return table.drop_columns([_FILE])
+
+
+def _damaged(fs: AbstractFileSystem, path: str, shown: str, holding: dict[str, int],
+             columns: list[str], exc: Exception) -> UserError:
+    """The line naming the file that made reading an output fail: a damaged footer first,
+    then damage under a whole footer, found by reading the files one by one."""
+    with named_errors(shown):
+        damaged = check_footers(fs, path, holding)
+        if damaged:
+            name, reason = next(iter(damaged.items()))
+            return damaged_line(shown, name, reason, len(damaged) - 1)
+        for name in sorted(holding):
+            with reading(shown, name), fs.open(f"{path}/{name}", "rb") as f:
+                parquet = pq.ParquetFile(f)
+                parquet.read(columns=[c for c in columns if c in parquet.schema_arrow.names])
+    return UserError(f"the files of {shown} cannot be read together ({short_reason(exc)})")
 
 
 def _top_ids(table: pa.Table) -> np.ndarray:
