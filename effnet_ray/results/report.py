@@ -17,8 +17,10 @@ import io
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +41,9 @@ from effnet_ray.results.evaluate import COLUMNS, Evaluation, evaluate_table, rea
 from effnet_ray.results.truth import read_truth_file
 from effnet_ray.storage import local_path, open_fs, put_atomic, redact
 
+if TYPE_CHECKING:  # matplotlib is an extra, imported only when a page is drawn
+    from matplotlib.figure import Figure
+
 log = logging.getLogger(__name__)
 
 TOP_CLASSES = 20
@@ -49,7 +54,7 @@ MAX_SHARDS = 4
 THUMB = 160
 
 
-def _svg(figure: object) -> str:
+def _svg(figure: Figure) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.StringIO()
@@ -71,7 +76,7 @@ def _charts(names: list[str], counts: list[int], confidence: np.ndarray) -> tupl
     ax.barh(range(len(names))[::-1], counts, color="#3b6ea8")
     ax.set_yticks(range(len(names))[::-1], names, fontsize=8)
     ax.set_xlabel("images")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.locator_params(axis="x", integer=True)
     ax.set_title("Most frequent classes (top-1)")
     classes = _svg(fig)
     fig, ax = plt.subplots(figsize=(7, 2.6))
@@ -177,7 +182,7 @@ def _figure(row: dict, images: dict[str, str]) -> str:
             f"<span title=\"{_e(row['path'])}\">{_e(name)}</span></figcaption></figure>")
 
 
-def _table(header: list[str], rows: list[list[object]]) -> str:
+def _table(header: list[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(
         f'<td class="n">{_e(v)}</td>' if isinstance(v, (int, float)) else f"<td>{_e(v)}</td>"
@@ -245,7 +250,7 @@ def _runs_section(manifest: dict | None) -> list[str]:
 
 
 def _accuracy_section(evaluation: Evaluation) -> list[str]:
-    if not evaluation.images:
+    if not evaluation.images or evaluation.top1 is None or evaluation.ece is None:
         return []
     top5 = "n/a" if evaluation.top5 is None else f"{100 * evaluation.top5:.2f}%"
     return ["<h2>Accuracy</h2>",
