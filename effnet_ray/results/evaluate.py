@@ -45,6 +45,8 @@ class Evaluation:
     ground_truth: dict[str, int]  # source -> rows it gave a class to
     per_class: list[dict] = field(default_factory=list)
     confused_pairs: list[dict] = field(default_factory=list)
+    # what in the ground-truth file gave rows no class: {kind, count, message}
+    ground_truth_problems: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,7 +143,8 @@ def evaluate_table(table: pa.Table, truth_entries: pa.Table | None = None) -> Ev
     images = int(chosen.sum())
     evaluation = Evaluation(model=model, rows=table.num_rows, errors=int((~ok).sum()),
                             without_ground_truth=int((ok & ~known).sum()), images=images,
-                            top1=None, top5=None, ece=None, ground_truth=truth.counts)
+                            top1=None, top5=None, ece=None, ground_truth=truth.counts,
+                            ground_truth_problems=truth.problems)
     if not images:
         return evaluation
     top1 = ids[:, 0] == actual
@@ -186,6 +189,9 @@ def describe(e: Evaluation) -> str:
              f"{'n/a' if e.ece is None else f'{e.ece:.4f}'}",
              f"not evaluated: {e.without_ground_truth} without ground truth, "
              f"{e.errors} error rows (of {e.rows} rows)"]
+    if e.ground_truth_problems:
+        lines.append("in the ground-truth file:")
+        lines += [f"  {p['message']}" for p in e.ground_truth_problems]
     if e.confused_pairs:
         lines.append("most confused (true -> predicted: images):")
         lines += [f"  {p['true_label']} -> {p['predicted_label']}: {p['images']}"

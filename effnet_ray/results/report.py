@@ -262,6 +262,13 @@ def _accuracy_section(evaluation: Evaluation) -> list[str]:
                     for p in evaluation.confused_pairs])]
 
 
+def _truth_problems_section(evaluation: Evaluation) -> list[str]:
+    if not evaluation.ground_truth_problems:
+        return []
+    return ["<h2>Ground-truth file</h2>", "<ul>", *(
+        f"<li>{_e(p['message'])}</li>" for p in evaluation.ground_truth_problems), "</ul>"]
+
+
 def _galleries(picks: _Picks, images: dict[str, str]) -> list[str]:
     parts = []
     if picks.least:
@@ -291,7 +298,8 @@ def build_html(out: str, table: pa.Table, evaluation: Evaluation, manifest: dict
     if reasons:
         parts += ["<h2>Errors by reason</h2>", _table(["reason", "images"], reasons)]
     parts += ["<h2>Classes</h2>", classes_svg, "<h2>Confidence</h2>", confidence_svg]
-    parts += _runs_section(manifest) + _accuracy_section(evaluation) + _galleries(picks, images)
+    parts += (_runs_section(manifest) + _accuracy_section(evaluation)
+              + _truth_problems_section(evaluation) + _galleries(picks, images))
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>effnet-ray report</title><style>{_STYLE}</style></head><body>"
             + "\n".join(parts) + "</body></html>")
