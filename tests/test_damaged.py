@@ -17,6 +17,7 @@ import shutil
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -26,12 +27,13 @@ from effnet_ray.inputs.batch import ImageBatch
 from effnet_ray.models.registry import load_class_names
 from effnet_ray.output.compaction import compact
 from effnet_ray.output.damage import TAIL, check_footers
-from effnet_ray.output.layout import LEASE, MANIFEST, RECORD, Part
+from effnet_ray.output.layout import LEASE, MANIFEST, RECORD, Part, staged
 from effnet_ray.output.lease import UNREADABLE, Lease, _decode, read_holder
 from effnet_ray.output.manifest import check_resumable, read_manifest, write_manifest
 from effnet_ray.output.record import CompactFile, read_record, write_record
 from effnet_ray.output.resume import scan, tidy
 from effnet_ray.output.rows import parquet_bytes, result_table
+from effnet_ray.results.evaluate import COLUMNS, read_output
 from effnet_ray.storage import open_fs, put_atomic
 from tests.helpers import one_line_error, run_cli
 
@@ -103,8 +105,26 @@ def magic_only(path):
     path.write_bytes(b"PAR1")
 
 
+def foreign(path):  # another tool's Parquet file of as many rows
+    pq.write_table(pa.table({"x": list(range(pq.read_metadata(path).num_rows))}), path)
+
+
+def without_model(path):
+    pq.write_table(pq.read_table(path).drop_columns(["model"]), path)
+
+
+def path_as_int(path):
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(0, "path", pa.array(range(table.num_rows))), path)
+
+
+def broken_link(path):
+    path.unlink()
+    path.symlink_to(path.parent / "nowhere")
+
+
 FOOTER_DAMAGE = [cut_short, emptied, overwritten, short_by_3, lying_length, fewer_rows,
-                 magic_only]
+                 magic_only, foreign, without_model, path_as_int, broken_link]
 
 
 def pages(path):
@@ -135,7 +155,8 @@ def test_a_damaged_part_is_not_done_and_tidy_removes_it(out, damage, caplog):
     assert committed.totals() == (3 * (2 * UNITS - 1), 0)
     with caplog.at_level(logging.WARNING, logger="effnet_ray"):
         tidy(fs, path, committed, None)
-    assert not victim.exists() and len(list(out.glob("part-*"))) == 2 * UNITS - 1
+    assert not victim.is_symlink() and not victim.exists()
+    assert len(list(out.glob("part-*"))) == 2 * UNITS - 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and victim.name in warnings[0] and "labelled again" in warnings[0]
     assert not scan(fs, path, verify=True).damaged
@@ -268,14 +289,16 @@ def check_one_line(result, *fragments):
 
 
 @pytest.mark.parametrize("command", ["compact", "evaluate", "report"])
-@pytest.mark.parametrize("damage", [cut_short, emptied, overwritten, fewer_rows])
-def test_commands_name_a_damaged_part_and_its_repair(out, command, damage, tmp_path):
-    victim = part_file(out)
+@pytest.mark.parametrize("damage", [cut_short, emptied, overwritten, fewer_rows, foreign,
+                                    without_model, broken_link])
+@pytest.mark.parametrize("index", [0, 2])  # the first file decides the dataset's columns
+def test_commands_name_a_damaged_part_and_its_repair(out, command, damage, index, tmp_path):
+    victim = part_file(out, index)
     damage(victim)
     extra = ["--html", tmp_path / "r.html"] if command == "report" else []
     result = run_cli(command, out, *extra)
     check_one_line(result, victim.name, "is damaged", "rerun the `effnet-ray label` command")
-    assert victim.exists()  # only label removes it: it can label its rows again
+    assert victim.is_symlink() or victim.exists()  # only label removes it
 
 
 @pytest.mark.parametrize("command", ["compact", "evaluate", "report"])
@@ -294,6 +317,20 @@ def test_commands_name_a_damaged_compacted_file(compacted, command, tmp_path):
     cut_short(victim)
     extra = ["--html", tmp_path / "r.html"] if command == "report" else []
     check_one_line(run_cli(command, compacted, *extra), victim.name, "is damaged")
+
+
+@pytest.mark.unit
+def test_a_reader_counts_every_row_once_in_the_middle_of_a_compaction(out):
+    """After the record, before the renames: the compacted files under their hidden names
+    and the loose parts they replace are both there."""
+    loose = {p.name: p.read_bytes() for p in out.glob("part-*")}
+    compact(str(out), target_size=10**9)
+    for name, data in loose.items():
+        (out / name).write_bytes(data)
+    for f in out.glob("compact-*"):
+        f.rename(out / staged(f.name))
+    table = read_output(str(out), COLUMNS)
+    assert table.num_rows == 6 * UNITS and len(set(table.column("path").to_pylist())) == 6 * UNITS
 
 
 def test_evaluate_and_report_count_only_the_rows_the_output_counts(compacted, tmp_path):

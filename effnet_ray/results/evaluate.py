@@ -76,22 +76,40 @@ def read_output(out: str, columns: list[str], storage_options: dict | None = Non
             present = [c for c in columns if c in dataset.schema.names]
             table = dataset.to_table(columns=[*present, _FILE])
         except Exception as exc:
-            if not is_damage(exc):
+            if not (is_damage(exc) or isinstance(exc, FileNotFoundError)):
                 raise
             raise _damaged(fs, path, shown, holding, columns, exc) from exc
-    found = np.bincount(table.column(_FILE).to_numpy(), minlength=len(files))
+    which = table.column(_FILE).to_numpy()
+    found = np.bincount(which, minlength=len(files))
     for name, rows in zip(files, found.tolist(), strict=True):
         if rows != holding[name]:
             raise damaged_line(shown, name, f"holds {rows} rows, its name says {holding[name]}")
+    if any(c not in table.column_names for c in columns if c != "source_label"):
+        raise _damaged(fs, path, shown, holding, columns, None)  # the first file lacks it
+    wrong = _not_ours(table)
+    if wrong.any():  # a later file lacks a column: its rows read as nulls there
+        raise damaged_line(shown, files[which[np.argmax(wrong)]],
+                           "rows without the columns every file of this tool has")
     if table.num_rows == 0:
         raise UserError(f"{shown} holds no results")
     return table.drop_columns([_FILE])
 
 
+def _not_ours(table: pa.Table) -> np.ndarray:
+    """Rows no file of ours holds: without a path or a model, or labelled without classes."""
+    labelled = table.column("error").is_null()
+    wrong = pc.or_(table.column("path").is_null(), table.column("model").is_null())
+    for name in ("class_id", "label", "top_k_ids", "top_k_probs"):
+        if name in table.column_names:
+            wrong = pc.or_(wrong, pc.and_(labelled, table.column(name).is_null()))
+    return wrong.to_numpy()
+
+
 def _damaged(fs: AbstractFileSystem, path: str, shown: str, holding: dict[str, int],
-             columns: list[str], exc: Exception) -> UserError:
-    """The line naming the file that made reading an output fail: a damaged footer first,
-    then damage under a whole footer, found by reading the files one by one."""
+             columns: list[str], exc: Exception | None) -> UserError:
+    """The line naming the file that made reading an output fail (or read wrongly): a
+    damaged footer first, then damage under a whole footer, found by reading the files one
+    by one."""
     with named_errors(shown):
         damaged = check_footers(fs, path, holding)
         if damaged:
@@ -101,7 +119,8 @@ def _damaged(fs: AbstractFileSystem, path: str, shown: str, holding: dict[str, i
             with reading(shown, name), fs.open(f"{path}/{name}", "rb") as f:
                 parquet = pq.ParquetFile(f)
                 parquet.read(columns=[c for c in columns if c in parquet.schema_arrow.names])
-    return UserError(f"the files of {shown} cannot be read together ({short_reason(exc)})")
+    why = f" ({short_reason(exc)})" if exc else ""
+    return UserError(f"the files of {shown} cannot be read together{why}")
 
 
 def _top_ids(table: pa.Table) -> np.ndarray:
