@@ -262,6 +262,13 @@ def test_a_name_listed_under_two_folders_with_two_classes_is_a_conflict_by_name_
     assert from_file(paths, same).tolist()[1] == 0  # the same class: no doubt
 
 
+def test_a_path_typed_on_windows_matches_by_its_file_name(tmp_path):
+    entries = entries_of(tmp_path, BOM + "path;class_id\r\nC:\\photos\\a.jpg;7\r\n"
+                                         "D:\\x\\b;8\r\n")
+    paths = pa.array(["/data/a.jpg", "s.tar::b", "/data/c.jpg"])
+    assert from_file(paths, entries).tolist() == [0, 1, NO_ENTRY]
+
+
 # --- evaluate and report through the CLI, on an output made by hand (no Ray) ---------------
 
 @pytest.fixture()

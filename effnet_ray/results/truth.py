@@ -155,6 +155,12 @@ def _imagenet(text: str, shown: str) -> tuple[list[str], list[int], list[int]]:
     return keys, classes, lines
 
 
+def _key_names(keys: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """`_names` of the entries' keys, where a backslash separates folders too (paths typed
+    on Windows: `C:\\photos\\a.jpg` is matched by its name `a.jpg`)."""
+    return _names(pc.replace_substring(keys, pattern="\\", replacement="/"))
+
+
 def _names(paths: pa.Array) -> tuple[pa.Array, pa.Array]:
     """File names (after the last / or ::) and the same without their extension."""
     names = pc.replace_substring_regex(paths, pattern=r"^.*(/|::)", replacement="")
@@ -184,7 +190,7 @@ def from_file(paths: pa.Array, entries: pa.Table) -> np.ndarray:
     keys = entries.column("key").combine_chunks()
     classes = entries.column("class_id").combine_chunks()
     names, stems = _names(paths)
-    key_names, key_stems = _names(keys)
+    key_names, key_stems = _key_names(keys)
     result = np.full(len(paths), NO_ENTRY, np.int64)
     for mine, theirs in ((paths, keys), (names, key_names), (stems, key_stems)):
         todo = result == NO_ENTRY
@@ -214,7 +220,7 @@ def _file_problems(paths: pa.Array, entries: pa.Table, entry: np.ndarray, classe
             f"{paths[int(conflict[0])].as_py()})")})
     keys = entries.column("key").combine_chunks()
     names, stems = _names(paths)
-    key_names, key_stems = _names(keys)
+    key_names, key_stems = _key_names(keys)
     met = pc.or_(pc.or_(pc.is_in(keys, value_set=paths), pc.is_in(key_names, value_set=names)),
                  pc.is_in(key_stems, value_set=stems))
     unmet = np.flatnonzero(~met.to_numpy(zero_copy_only=False))
