@@ -1,17 +1,36 @@
-"""Ground truth and accuracy on synthetic outputs, against a plain row-by-row count."""
+"""Ground truth and accuracy on synthetic outputs, against a plain row-by-row count; ground
+truth files as people write them; evaluate and report through the CLI on an output made by
+hand (no Ray)."""
+
+import json
+import re
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from effnet_ray.errors import UserError
-from effnet_ray.models.registry import load_wnids
-from effnet_ray.results.evaluate import calibration_error, evaluate_table
-from effnet_ray.results.truth import UNKNOWN, from_file, ground_truth, read_truth_file
+from effnet_ray.inputs.batch import ImageBatch
+from effnet_ray.models.registry import load_class_names, load_wnids
+from effnet_ray.output.layout import Part
+from effnet_ray.output.manifest import write_manifest
+from effnet_ray.output.rows import parquet_bytes, result_table
+from effnet_ray.results.evaluate import calibration_error, describe, evaluate_table
+from effnet_ray.results.truth import (
+    CONFLICT,
+    NO_ENTRY,
+    UNKNOWN,
+    from_file,
+    ground_truth,
+    read_truth_file,
+)
+from effnet_ray.storage import open_fs, put_atomic
+from tests.helpers import one_line_error, run_cli
 
 pytestmark = pytest.mark.unit  # pure parts and single stages, without Ray
 
 WNIDS = load_wnids("imagenet_2012.txt")
+NAMES = load_class_names("imagenet_2012.txt")
 
 
 def output_table(rows, k=5):
@@ -74,9 +93,10 @@ def test_imagenet_validation_format(tmp_path):
     entries = read_truth_file(str(gt))
     paths = pa.array(["/v/ILSVRC2012_val_00000002.JPEG", "/v/ILSVRC2012_val_00000001.JPEG",
                       "/v/other.JPEG"])
-    assert from_file(paths, entries).tolist() == [970, 65, UNKNOWN]
+    assert from_file(paths, entries).tolist() == [1, 0, NO_ENTRY]
+    assert entries.column("class_id").to_pylist() == [65, 970]
     (tmp_path / "bad.txt").write_text("just words here\n")
-    with pytest.raises(UserError, match="line 1 is not `NAME CLASS_ID`"):
+    with pytest.raises(UserError, match=r"line 1: class id 'here' is not an integer"):
         read_truth_file(str(tmp_path / "bad.txt"))
 
 
@@ -126,3 +146,182 @@ def test_calibration_error_against_its_definition():
     # bins (15): 0.95 -> 14, 0.55 -> 8, 0.15 -> 2
     expected = (2 * abs(0.5 - 0.95) + 2 * abs(1.0 - 0.55) + abs(0.0 - 0.15)) / 5
     assert calibration_error(confidence, correct) == pytest.approx(expected)
+
+
+# --- ground truth as people write it ---------------------------------------------------------
+
+BOM = "\ufeff"
+
+
+def entries_of(tmp_path, text, name="gt.csv", encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+    return read_truth_file(str(path))
+
+
+def pairs(entries):
+    return list(zip(entries.column("key").to_pylist(), entries.column("class_id").to_pylist(),
+                    strict=True))
+
+
+@pytest.mark.parametrize("text", [
+    "path,class_id\na.jpg,1\nb c.jpg,2\n",
+    BOM + "path,class_id\na.jpg,1\nb c.jpg,2\n",  # Excel's "CSV UTF-8"
+    "path,class_id\r\na.jpg,1\r\nb c.jpg,2\r\n",
+    BOM + "path,class_id\r\na.jpg,1\r\nb c.jpg,2\r\n",
+    BOM + "path;class_id\r\na.jpg;1\r\nb c.jpg;2\r\n",  # Excel where ',' is the decimal comma
+    "Path\tClass_ID\tnote\na.jpg\t1\tx\nb c.jpg\t2\t\n",
+    'class_id,path\n1,"a.jpg"\n2, b c.jpg \n\n,\n',  # any column order; blank rows
+    "path,class_id\ra.jpg,1\rb c.jpg,2",  # old Mac line ends, none at the end
+    "a.jpg 1\nb c.jpg 2\n",
+    BOM + "a.jpg 1\r\nb c.jpg\t2\r\n\r\n",
+])
+def test_truth_files_are_read_as_people_save_them(tmp_path, text):
+    assert pairs(entries_of(tmp_path, text)) == [("a.jpg", 1), ("b c.jpg", 2)]
+
+
+def test_a_utf16_file_with_its_mark_is_read(tmp_path):  # Excel's "Unicode Text"
+    entries = entries_of(tmp_path, "path\tclass_id\r\nä.jpg\t3\r\n", encoding="utf-16")
+    assert pairs(entries) == [("ä.jpg", 3)]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "is empty"),
+    (BOM + "\r\n \n", "is empty"),
+    ("path,class_id\n", "has a header but no entries"),
+    (BOM + "path,class_id\r\n\r\n", "has a header but no entries"),
+    ("path,class_id\na.jpg,1\nb.jpg,abc\n", "line 3: class_id 'abc' is not an integer"),
+    ("path,class_id\na.jpg,3.0\n", "line 2: class_id '3.0' is not an integer"),
+    ("path,class_id\na.jpg,\n", "line 2: class_id '' is not an integer"),
+    ("path,class_id\r\n\r\na.jpg\r\n", "line 3 has 1 fields where the header has 2"),
+    ("path,class_id\na,b.jpg,3\n", "a path holding ',' must be in double quotes"),
+    ("path,class_id\n,3\n", "line 2: no path"),
+    ("path,class_id\na.jpg,1\n" + "x" * 200_000 + ",3\n", "line 3 is not CSV (field larger"),
+    ("a.jpg 1\nb.jpg x\n", "line 2: class id 'x' is not an integer"),
+    ("a.jpg 1\n\nlonely.jpg\n", "line 3: expected `NAME CLASS_ID`, found 'lonely.jpg'"),
+    ("a.jpg,1\n", "a CSV needs a header line"),
+    ("a.jpg 1\n" + "b" * 100 + " z\n", "line 2: class id 'z'"),
+])
+def test_a_line_that_cannot_be_an_entry_is_one_line_naming_file_line_and_value(
+        tmp_path, text, message):
+    with pytest.raises(UserError, match=re.escape(message)) as caught:
+        entries_of(tmp_path, text)
+    assert "gt.csv" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
+    with pytest.raises(UserError, match=r"gt.csv line 3 is not UTF-8 text \(byte 0xe9\)"):
+        entries_of(tmp_path, "path,class_id\na.jpg,1\ncaf\xe9.jpg,2\n", encoding="latin-1")
+
+
+ROWS = [("/d/a.jpg", [1, 2, 3, 4, 5], None), ("/d/b.jpg", [2, 1, 3, 4, 5], None),
+        ("/d/c.jpg", [3, 1, 2, 4, 5], "3"), ("/d/d.jpg", [4, 1, 2, 3, 5], None),
+        (f"/d/{WNIDS[5]}/e.jpg", [5, 1, 2, 3, 4], None), ("/d/f.jpg", None, None)]
+
+
+@pytest.mark.parametrize("form", ["csv", "imagenet"])
+def test_what_only_the_rows_can_judge_is_counted_and_reported_never_dropped(tmp_path, form):
+    truth = [("a.jpg", 1), ("b.jpg", 1000), ("c.jpg", -1), ("d.jpg", 4), ("d.jpg", 7),
+             ("a.jpg", 1), ("e.jpg", 5), ("f.jpg", 999), ("gone.jpg", 3)]
+    text = ("path,class_id\r\n" + "".join(f"{k},{c}\r\n" for k, c in truth) if form == "csv"
+            else "".join(f"{k} {c}\r\n" for k, c in truth))
+    entries = entries_of(tmp_path, BOM + text)
+    table = output_table(ROWS)
+    result = evaluate_table(table, entries)  # no IndexError on 1000 or -1
+    # a.jpg listed twice with one class is fine; e.jpg agrees with its folder
+    assert result.images == 2 and result.top1 == 1.0
+    assert result.ground_truth == {"file": 3}  # a, e and f (an error row)
+    header = 1 if form == "csv" else 0
+    problems = {p["kind"]: p for p in result.ground_truth_problems}
+    assert problems["class_out_of_range"]["count"] == 2  # b (1000) and c (-1): not its .cls
+    assert (f"2 rows: class id outside 0-999 (e.g. line {2 + header}: 1000)"
+            == problems["class_out_of_range"]["message"])
+    assert problems["conflicting_classes"]["count"] == 1  # d.jpg: 4 or 7
+    assert "/d/d.jpg" in problems["conflicting_classes"]["message"]
+    assert problems["unmatched_entries"]["count"] == 1
+    assert f"line {9 + header}: gone.jpg" in problems["unmatched_entries"]["message"]
+    assert result.without_ground_truth == 3  # b, c, d: labelled, not evaluated
+    text = describe(result)
+    assert "2 rows: class id outside 0-999" in text and "1 entries match no row" in text
+    assert json.loads(json.dumps(result.to_dict()))["ground_truth_problems"]
+
+
+def test_a_file_without_problems_reports_none(tmp_path):
+    entries = entries_of(tmp_path, "a.jpg 1\nb.jpg 2\n")
+    result = evaluate_table(output_table(ROWS[:2]), entries)
+    assert result.ground_truth_problems == [] and "ground-truth file" not in describe(result)
+    assert result.images == 2 and result.top1 == 1.0
+
+
+def test_a_name_listed_under_two_folders_with_two_classes_is_a_conflict_by_name_only(
+        tmp_path):
+    entries = entries_of(tmp_path, "path,class_id\n/x/a.jpg,1\n/y/a.jpg,2\n")
+    paths = pa.array(["/x/a.jpg", "/z/a.jpg", "/z/a"])
+    assert from_file(paths, entries).tolist()[:2] == [0, CONFLICT]
+    same = entries_of(tmp_path, "path,class_id\n/x/a.jpg,1\n/y/a.jpg,1\n", name="same.csv")
+    assert from_file(paths, same).tolist()[1] == 0  # the same class: no doubt
+
+
+def test_a_path_typed_on_windows_matches_by_its_file_name(tmp_path):
+    entries = entries_of(tmp_path, BOM + "path;class_id\r\nC:\\photos\\a.jpg;7\r\n"
+                                         "D:\\x\\b;8\r\n")
+    paths = pa.array(["/data/a.jpg", "s.tar::b", "/data/c.jpg"])
+    assert from_file(paths, entries).tolist() == [0, 1, NO_ENTRY]
+
+
+# --- evaluate and report through the CLI, on an output made by hand (no Ray) ---------------
+
+@pytest.fixture()
+def small_output(tmp_path):
+    """One part of the ROWS above, and a finished manifest."""
+    out = tmp_path / "out"
+    fs, path = open_fs(str(out))
+    fs.makedirs(path)
+    rows = ROWS
+    errors = [None if ids else "undecodable image (made up)" for _, ids, _ in rows]
+    good = sum(e is None for e in errors)
+    batch = ImageBatch(uid="0123456789abcdef", first=0, last=True, paths=[r[0] for r in rows],
+                       errors=errors, source_labels=[r[2] for r in rows],
+                       source_metadata=[None] * len(rows), input_sizes=[1] * len(rows),
+                       input_versions=["v"] * len(rows),
+                       images=np.zeros((good, 1, 1, 3), np.uint8))
+    logits = np.zeros((good, 1000), np.float32)
+    for i, (_, ids, _) in enumerate(r for r in rows if r[1]):
+        logits[i, ids] = np.arange(len(ids), 0, -1)
+    table = result_table(batch, logits, "efficientnet-lite0", NAMES, 5)
+    part = Part("0123456789abcdef", 0, len(rows), len(rows) - good, True)
+    put_atomic(fs, f"{path}/{part.name}", parquet_bytes(table))
+    write_manifest(fs, path, {"identity": {}, "runs": [], "status": "complete"})
+    return out
+
+
+def test_evaluate_and_report_show_the_counted_problems(small_output, tmp_path):
+    gt = tmp_path / "gt.csv"
+    gt.write_bytes((BOM + "path,class_id\r\na.jpg,1\r\nb.jpg,1000\r\nc.jpg,-1\r\n"
+                    "d.jpg,4\r\nd.jpg,7\r\n").encode())
+    result = run_cli("evaluate", small_output, "--ground-truth", gt, "--json")
+    assert result.returncode == 0, result.stderr
+    evaluation = json.loads(result.stdout)
+    assert evaluation["images"] == 2 and evaluation["top1"] == 1.0  # a, and e by its folder
+    assert [p["kind"] for p in evaluation["ground_truth_problems"]] == [
+        "class_out_of_range", "conflicting_classes"]
+    text = run_cli("evaluate", small_output, "--ground-truth", gt)
+    assert "2 rows: class id outside 0-999 (e.g. line 3: 1000)" in text.stdout, text.stderr
+    page = tmp_path / "r.html"
+    report = run_cli("report", small_output, "--ground-truth", gt, "--html", page)
+    assert report.returncode == 0, report.stderr
+    assert "2 rows: class id outside 0-999" in page.read_text()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("path,class_id\na.jpg,one\n", "line 2: class_id 'one' is not an integer"),
+    ("", "is empty"),
+    ("path,class_id\n", "has a header but no entries"),
+])
+def test_evaluate_and_report_refuse_a_bad_line_in_one_line(small_output, tmp_path, text,
+                                                          fragment):
+    gt = tmp_path / "gt.csv"
+    gt.write_text(text)
+    one_line_error(run_cli("evaluate", small_output, "--ground-truth", gt), "gt.csv", fragment)
+    one_line_error(run_cli("report", small_output, "--ground-truth", gt, "--html",
+                           tmp_path / "r.html"), "gt.csv", fragment)

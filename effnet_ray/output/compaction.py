@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
+from effnet_ray.output.damage import damaged_line, reading
 from effnet_ray.output.layout import Part, compact_name, timestamp
 from effnet_ray.output.lease import Lease
 from effnet_ray.output.manifest import read_manifest, write_manifest
@@ -39,7 +40,7 @@ from effnet_ray.output.record import (
     write_record,
 )
 from effnet_ray.output.resume import Committed, scan, tidy
-from effnet_ray.storage import named_errors, open_fs, redact
+from effnet_ray.storage import display, named_errors, open_fs, redact
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,10 @@ def compact(out: str, target_size: int = DEFAULT_TARGET, storage_options: dict |
         if not manifest or manifest.get("status") != "complete":
             raise UserError(f"{shown} is not a finished output of effnet-ray label; rerun the "
                             "same label command to finish it, then compact")
-        committed = scan(fs, folder)
+        committed = scan(fs, folder, verify=True)
+        if committed.damaged:  # compact cannot label rows again; label can
+            name, reason = next(iter(committed.damaged.items()))
+            raise damaged_line(shown, name, reason, len(committed.damaged) - 1)
         tidy(fs, folder, committed, None)
         parts = [p for starts in committed.parts.values() for p in starts.values()]
         rows = sum(p.rows for p in parts)
@@ -141,10 +145,12 @@ def _bytes_per_row(fs: AbstractFileSystem, folder: str, committed: Committed,
 def _table_of(fs: AbstractFileSystem, folder: str, committed: Committed, part: Part
               ) -> pa.Table:
     """A part's rows, from its own file or from the compacted file that holds it."""
-    if (part.uid, part.first) in committed.compacted:
-        return read_rows(fs, folder, committed.compacted[(part.uid, part.first)], part)
-    with fs.open(f"{folder}/{part.name}", "rb") as handle:
-        return pq.read_table(handle)
+    held = committed.compacted.get((part.uid, part.first))
+    with reading(display(fs, folder), held.name if held else part.name):
+        if held:
+            return read_rows(fs, folder, held, part)
+        with fs.open(f"{folder}/{part.name}", "rb") as handle:
+            return pq.read_table(handle)
 
 
 def _in_path_order(fs: AbstractFileSystem, folder: str, committed: Committed,
@@ -157,7 +163,8 @@ def _in_path_order(fs: AbstractFileSystem, folder: str, committed: Committed,
             table = _table_of(fs, folder, committed, part)
             schema = table.schema
         else:
-            with fs.open(f"{folder}/{part.name}", "rb") as handle:
+            with reading(display(fs, folder), part.name), \
+                    fs.open(f"{folder}/{part.name}", "rb") as handle:
                 parquet = pq.ParquetFile(handle)
                 schema = parquet.schema_arrow
                 table = parquet.read(columns=["path"])

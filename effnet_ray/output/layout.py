@@ -34,6 +34,7 @@ def compact_name(generation: str, index: int) -> str:
     return f"compact-{generation}-{index:05d}.parquet"
 
 
+UID = re.compile(r"[0-9a-f]{16}")  # a work unit's id (`fullmatch`)
 _PART = re.compile(r"^part-([0-9a-f]{16})-(\d{7,})-n(\d+)-e(\d+)(-last)?\.parquet$")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -64,6 +65,8 @@ class Holder:
     heartbeat: float
 
     def describe(self) -> str:
+        if self == UNREADABLE:
+            return "an unreadable lease"
         age = time.time() - self.heartbeat
         return (f"process {self.pid} on {self.host}, started {self.started}, last heartbeat "
                 f"{age:.0f} s ago")
@@ -117,11 +120,28 @@ def read_holder(fs: AbstractFileSystem, folder: str) -> tuple[Holder | None, str
     return _decode(data), version
 
 
+# The lease's fields and their JSON types; `pid` and `heartbeat` are checked further below.
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "token": str, "host": str, "pid": int, "process_start": str, "started": str,
+    "heartbeat": (int, float)}
+UNREADABLE = Holder("", "?", 0, "", "unknown", 0.0)  # long expired: taken over
+
+
 def _decode(data: bytes) -> Holder:
+    """The holder a lease names; UNREADABLE for one that is not a lease as `_encode` writes
+    it (not JSON, another shape, a field of another type), so it is taken over, never
+    trusted: a pid of another type or a heartbeat that is not a finite number would fail
+    later, far from here."""
     try:
-        return Holder(**json.loads(data))
-    except (ValueError, TypeError):
-        return Holder("", "?", 0, "", "unknown", 0.0)  # unreadable: long expired
+        fields = json.loads(data)
+    except (ValueError, RecursionError):
+        return UNREADABLE
+    if not (isinstance(fields, dict) and fields.keys() == _FIELDS.keys()
+            and all(isinstance(fields[k], t) and not isinstance(fields[k], bool)
+                    for k, t in _FIELDS.items())
+            and 0 < fields["pid"] < 2**31 and math.isfinite(fields["heartbeat"])):
+        return UNREADABLE
+    return Holder(**{**fields, "heartbeat": float(fields["heartbeat"])})
 
 
 def _is_s3(fs: AbstractFileSystem) -> bool:

@@ -22,15 +22,38 @@ VERSIONED = ("effnet-ray", "ray", "openvino", "pyarrow", "numpy", "pillow", "fss
 
 
 def read_manifest(fs: AbstractFileSystem, path: str) -> dict | None:
+    """The manifest, or None without one. One that is not JSON or not shaped as `start_run`
+    writes it is refused: which rows may be mixed into the output depends on it."""
     where = f"{display(fs, path)}/{MANIFEST}"
     with named_errors(where):
         if not fs.exists(f"{path}/{MANIFEST}"):
             return None
         text = fs.cat_file(f"{path}/{MANIFEST}")
     try:
-        return json.loads(text)
-    except ValueError:
-        raise UserError(f"{where} is not valid JSON; pass --overwrite to start over") from None
+        manifest = json.loads(text)
+        problem = _shape_problem(manifest)
+    except (ValueError, RecursionError):
+        problem = "not JSON"
+    if problem:
+        raise UserError(f"{where} is damaged ({problem}); rerun the `effnet-ray label` "
+                        "command with --overwrite to start over")
+    return manifest
+
+
+def _shape_problem(manifest: object) -> str | None:
+    """What in a manifest is not as `start_run` and `compact` write it, or None."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    if not isinstance(manifest.get("identity"), dict):
+        return "identity is not an object"
+    runs = manifest.get("runs")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        return "runs is not a list of objects"
+    if not isinstance(manifest.get("status", ""), str):
+        return "status is not text"
+    if not isinstance(manifest.get("compactions", []), list):
+        return "compactions is not a list"
+    return None
 
 
 def check_resumable(fs: AbstractFileSystem, path: str, wanted: dict) -> dict | None:

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
-from effnet_ray.output.layout import RECORD, Part, compact_name, staged
+from effnet_ray.output.damage import reading
+from effnet_ray.output.layout import COMPACT, RECORD, UID, Part, compact_name, staged
 from effnet_ray.output.rows import parquet_options
 from effnet_ray.storage import named_errors, put_atomic, redact
 
@@ -37,16 +38,60 @@ class CompactFile:
 
 
 def read_record(fs: AbstractFileSystem, folder: str) -> list[CompactFile]:
+    """The record's files; one that is not a record of ours (damaged, or edited into another
+    shape) is refused, since which rows are done depends on it."""
     try:
         data = fs.cat_file(f"{folder}/{RECORD}")
     except FileNotFoundError:
         return []
     try:
-        files = json.loads(data)["files"]
-        return [CompactFile(f["name"], tuple(Part(*p) for p in f["parts"])) for f in files]
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{redact(folder)}/{RECORD} is damaged; pass --overwrite to start "
-                        "over") from None
+        files = _files(json.loads(data))
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, _Shape) else "not JSON"
+        where = f"{redact(folder)}/{RECORD}"
+        raise UserError(f"{where} is damaged ({reason}); the compacted files cannot be "
+                        "trusted without it: delete it and the compact-*.parquet files, then "
+                        "rerun the `effnet-ray label` command that made the output to label "
+                        "their rows again (or pass --overwrite to start over)") from None
+    return files
+
+
+class _Shape(ValueError):
+    """What in a record's JSON is not as `write_record` writes it."""
+
+
+def _files(data: object) -> list[CompactFile]:
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        raise _Shape("no list of files")
+    files, seen = [], set()
+    for f in data["files"]:
+        if not isinstance(f, dict) or not isinstance(f.get("parts"), list):
+            raise _Shape("a file without its list of parts")
+        name = f.get("name")
+        if not isinstance(name, str) or not COMPACT.fullmatch(name) or name in seen:
+            raise _Shape(f"a file named {json.dumps(name)[:60]}")
+        seen.add(name)
+        parts = tuple(_part(p) for p in f["parts"])
+        if len({(p.uid, p.first) for p in parts}) < len(parts):
+            raise _Shape(f"{name} holds the same part twice")
+        files.append(CompactFile(name, parts))
+    held = [(p.uid, p.first) for f in files for p in f.parts]
+    if len(set(held)) < len(held):
+        raise _Shape("a part held by two files")
+    return files
+
+
+def _part(value: object) -> Part:
+    """[uid, first, rows, errors, last], as `CompactFile.to_json` writes a part."""
+    if isinstance(value, list) and len(value) == 5:
+        uid, first, rows, errors, last = value
+        counts = (first, rows, errors)
+        if (isinstance(uid, str) and UID.fullmatch(uid)
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                        for n in counts)
+                and errors <= rows and isinstance(last, bool)):
+            return Part(uid, first, rows, errors, last)
+    raise _Shape(f"a part {json.dumps(value)[:60]}")
 
 
 def write_record(fs: AbstractFileSystem, folder: str, files: list[CompactFile]) -> None:
@@ -121,7 +166,7 @@ def cut(fs: AbstractFileSystem, folder: str, files: list[CompactFile],
         replaced.append(f)
         if not parts:
             continue
-        with fs.open(f"{folder}/{f.name}", "rb") as handle:
+        with reading(redact(folder), f.name), fs.open(f"{folder}/{f.name}", "rb") as handle:
             table = pq.read_table(handle)
         offsets = _offsets(f)
         slices = [table.slice(*offsets[(p.uid, p.first)]) for p in parts]

@@ -16,15 +16,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
 from effnet_ray.models.registry import get_spec, load_class_names, load_wnids
+from effnet_ray.output.damage import check_footers, damaged_line, is_damage, reading
+from effnet_ray.output.resume import scan
 from effnet_ray.results.truth import UNKNOWN, ground_truth, read_truth_file
-from effnet_ray.storage import is_local, named_errors, open_fs, redact
+from effnet_ray.storage import is_local, named_errors, open_fs, redact, short_reason
 
 COLUMNS = ["path", "model", "class_id", "top_k_ids", "top_k_probs", "error", "source_label"]
 ECE_BINS = 15
 CONFUSED = 10
+_FILE = "__fragment_index"  # pyarrow's: which of the dataset's files a row came from
 
 
 @dataclass
@@ -40,6 +45,8 @@ class Evaluation:
     ground_truth: dict[str, int]  # source -> rows it gave a class to
     per_class: list[dict] = field(default_factory=list)
     confused_pairs: list[dict] = field(default_factory=list)
+    # what in the ground-truth file gave rows no class: {kind, count, message}
+    ground_truth_problems: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,20 +54,73 @@ class Evaluation:
 
 def read_output(out: str, columns: list[str], storage_options: dict | None = None
                 ) -> pa.Table:
-    """Columns of every part of an output, as one table (manifest and lease are skipped)."""
+    """Columns of the rows an output counts, as one table: its parts and recorded compacted
+    files, not leftovers or duplicates (`resume.scan`). A file that cannot be read, or that
+    holds other rows than its name says, is named with its repair."""
     fs, path = open_fs(out, storage_options)
+    shown = redact(out)
     with named_errors(out):
         if not fs.exists(path):
-            raise UserError(f"{redact(out)} does not exist")
+            raise UserError(f"{shown} does not exist")
         if not fs.isdir(path):
-            raise UserError(f"{redact(out)} is not an output folder")
-        filesystem = None if is_local(fs) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-        dataset = pads.dataset(path, format="parquet", filesystem=filesystem)
-        present = [c for c in columns if c in dataset.schema.names]
-        table = dataset.to_table(columns=present)
+            raise UserError(f"{shown} is not an output folder")
+    holding = scan(fs, path).holding
+    files = sorted(holding)
+    if not files:
+        raise UserError(f"{shown} holds no results")
+    filesystem = None if is_local(fs) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    with named_errors(out):
+        try:
+            dataset = pads.dataset([f"{path}/{n}" for n in files], format="parquet",
+                                   filesystem=filesystem)
+            present = [c for c in columns if c in dataset.schema.names]
+            table = dataset.to_table(columns=[*present, _FILE])
+        except Exception as exc:
+            if not (is_damage(exc) or isinstance(exc, FileNotFoundError)):
+                raise
+            raise _damaged(fs, path, shown, holding, columns, exc) from exc
+    which = table.column(_FILE).to_numpy()
+    found = np.bincount(which, minlength=len(files))
+    for name, rows in zip(files, found.tolist(), strict=True):
+        if rows != holding[name]:
+            raise damaged_line(shown, name, f"holds {rows} rows, its name says {holding[name]}")
+    if any(c not in table.column_names for c in columns if c != "source_label"):
+        raise _damaged(fs, path, shown, holding, columns, None)  # the first file lacks it
+    wrong = _not_ours(table)
+    if wrong.any():  # a later file lacks a column: its rows read as nulls there
+        raise damaged_line(shown, files[which[np.argmax(wrong)]],
+                           "rows without the columns every file of this tool has")
     if table.num_rows == 0:
-        raise UserError(f"{redact(out)} holds no results")
-    return table
+        raise UserError(f"{shown} holds no results")
+    return table.drop_columns([_FILE])
+
+
+def _not_ours(table: pa.Table) -> np.ndarray:
+    """Rows no file of ours holds: without a path or a model, or labelled without classes."""
+    labelled = table.column("error").is_null()
+    wrong = pc.or_(table.column("path").is_null(), table.column("model").is_null())
+    for name in ("class_id", "label", "top_k_ids", "top_k_probs"):
+        if name in table.column_names:
+            wrong = pc.or_(wrong, pc.and_(labelled, table.column(name).is_null()))
+    return wrong.to_numpy()
+
+
+def _damaged(fs: AbstractFileSystem, path: str, shown: str, holding: dict[str, int],
+             columns: list[str], exc: Exception | None) -> UserError:
+    """The line naming the file that made reading an output fail (or read wrongly): a
+    damaged footer first, then damage under a whole footer, found by reading the files one
+    by one."""
+    with named_errors(shown):
+        damaged = check_footers(fs, path, holding)
+        if damaged:
+            name, reason = next(iter(damaged.items()))
+            return damaged_line(shown, name, reason, len(damaged) - 1)
+        for name in sorted(holding):
+            with reading(shown, name), fs.open(f"{path}/{name}", "rb") as f:
+                parquet = pq.ParquetFile(f)
+                parquet.read(columns=[c for c in columns if c in parquet.schema_arrow.names])
+    why = f" ({short_reason(exc)})" if exc else ""
+    return UserError(f"the files of {shown} cannot be read together{why}")
 
 
 def _top_ids(table: pa.Table) -> np.ndarray:
@@ -102,7 +162,8 @@ def evaluate_table(table: pa.Table, truth_entries: pa.Table | None = None) -> Ev
     images = int(chosen.sum())
     evaluation = Evaluation(model=model, rows=table.num_rows, errors=int((~ok).sum()),
                             without_ground_truth=int((ok & ~known).sum()), images=images,
-                            top1=None, top5=None, ece=None, ground_truth=truth.counts)
+                            top1=None, top5=None, ece=None, ground_truth=truth.counts,
+                            ground_truth_problems=truth.problems)
     if not images:
         return evaluation
     top1 = ids[:, 0] == actual
@@ -147,6 +208,9 @@ def describe(e: Evaluation) -> str:
              f"{'n/a' if e.ece is None else f'{e.ece:.4f}'}",
              f"not evaluated: {e.without_ground_truth} without ground truth, "
              f"{e.errors} error rows (of {e.rows} rows)"]
+    if e.ground_truth_problems:
+        lines.append("in the ground-truth file:")
+        lines += [f"  {p['message']}" for p in e.ground_truth_problems]
     if e.confused_pairs:
         lines.append("most confused (true -> predicted: images):")
         lines += [f"  {p['true_label']} -> {p['predicted_label']}: {p['images']}"

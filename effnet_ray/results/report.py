@@ -17,8 +17,10 @@ import io
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +41,9 @@ from effnet_ray.results.evaluate import COLUMNS, Evaluation, evaluate_table, rea
 from effnet_ray.results.truth import read_truth_file
 from effnet_ray.storage import local_path, open_fs, put_atomic, redact
 
+if TYPE_CHECKING:  # matplotlib is an extra, imported only when a page is drawn
+    from matplotlib.figure import Figure
+
 log = logging.getLogger(__name__)
 
 TOP_CLASSES = 20
@@ -49,7 +54,7 @@ MAX_SHARDS = 4
 THUMB = 160
 
 
-def _svg(figure: object) -> str:
+def _svg(figure: Figure) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.StringIO()
@@ -71,7 +76,7 @@ def _charts(names: list[str], counts: list[int], confidence: np.ndarray) -> tupl
     ax.barh(range(len(names))[::-1], counts, color="#3b6ea8")
     ax.set_yticks(range(len(names))[::-1], names, fontsize=8)
     ax.set_xlabel("images")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.locator_params(axis="x", integer=True)
     ax.set_title("Most frequent classes (top-1)")
     classes = _svg(fig)
     fig, ax = plt.subplots(figsize=(7, 2.6))
@@ -144,7 +149,8 @@ def _runs(manifest: dict | None) -> list[dict]:
         except (KeyError, TypeError, ValueError):
             pass
         done = run.get("this_run")
-        rate = done / seconds if seconds and done is not None else None
+        counted = isinstance(done, (int, float)) and not isinstance(done, bool)
+        rate = done / seconds if seconds and counted else None
         runs.append({**run, "seconds": seconds, "rate": rate})
     return runs
 
@@ -176,7 +182,7 @@ def _figure(row: dict, images: dict[str, str]) -> str:
             f"<span title=\"{_e(row['path'])}\">{_e(name)}</span></figcaption></figure>")
 
 
-def _table(header: list[str], rows: list[list[object]]) -> str:
+def _table(header: list[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(
         f'<td class="n">{_e(v)}</td>' if isinstance(v, (int, float)) else f"<td>{_e(v)}</td>"
@@ -244,7 +250,7 @@ def _runs_section(manifest: dict | None) -> list[str]:
 
 
 def _accuracy_section(evaluation: Evaluation) -> list[str]:
-    if not evaluation.images:
+    if not evaluation.images or evaluation.top1 is None or evaluation.ece is None:
         return []
     top5 = "n/a" if evaluation.top5 is None else f"{100 * evaluation.top5:.2f}%"
     return ["<h2>Accuracy</h2>",
@@ -254,6 +260,13 @@ def _accuracy_section(evaluation: Evaluation) -> list[str]:
             _table(["true", "predicted", "images"],
                    [[p["true_label"], p["predicted_label"], p["images"]]
                     for p in evaluation.confused_pairs])]
+
+
+def _truth_problems_section(evaluation: Evaluation) -> list[str]:
+    if not evaluation.ground_truth_problems:
+        return []
+    return ["<h2>Ground-truth file</h2>", "<ul>", *(
+        f"<li>{_e(p['message'])}</li>" for p in evaluation.ground_truth_problems), "</ul>"]
 
 
 def _galleries(picks: _Picks, images: dict[str, str]) -> list[str]:
@@ -285,7 +298,8 @@ def build_html(out: str, table: pa.Table, evaluation: Evaluation, manifest: dict
     if reasons:
         parts += ["<h2>Errors by reason</h2>", _table(["reason", "images"], reasons)]
     parts += ["<h2>Classes</h2>", classes_svg, "<h2>Confidence</h2>", confidence_svg]
-    parts += _runs_section(manifest) + _accuracy_section(evaluation) + _galleries(picks, images)
+    parts += (_runs_section(manifest) + _accuracy_section(evaluation)
+              + _truth_problems_section(evaluation) + _galleries(picks, images))
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>effnet-ray report</title><style>{_STYLE}</style></head><body>"
             + "\n".join(parts) + "</body></html>")

@@ -309,7 +309,7 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
     try:
         if plan.random_weights:
             log.warning("%s has random weights: its labels mean nothing", plan.model_path)
-        committed = scan(fs, path)
+        committed = scan(fs, path, verify=True)  # damaged files are labelled again
         stale = tidy(fs, path, committed, plan.units)
         if stale:
             log.info("removed %d result files whose work units changed (files added, removed "
