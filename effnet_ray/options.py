@@ -34,8 +34,7 @@ PRECISIONS = {"auto": None, "f32": "f32", "bf16": "bf16", "f16": "f16", "int8": 
 MAX_PIXELS = 89_478_485
 MAX_BYTES = 128 * 2**20
 _DEVICE = re.compile(r"^(CPU|(GPU|NPU)(\.\d+)?|(AUTO|MULTI|HETERO)(:[A-Z0-9.,]+)?)$")
-_JSON = ("storage_options", "actor_resources", "actor_labels", "reader_resources",
-         "reader_labels")
+_JSON = ("actor_resources", "actor_labels", "reader_resources", "reader_labels")
 
 
 def _option(default: Any = None, *, help: str, identity: bool = False, factory: Any = None,
@@ -180,15 +179,15 @@ class LabelOptions:
         given = {k: v for k, v in flags.items() if v is not None}
         if given.get("pool"):  # the profile's settings, unless given explicitly
             given = {**get_pool(str(given["pool"])), **given}
+        storage = parse_json_object("storage-options", given.pop("storage_options", None))
         for name in _JSON:
-            if name in given or name == "storage_options":
-                given[name] = parse_json_object(name.replace("_", "-"), given.get(name))
+            if name in given:
+                given[name] = parse_json_object(name.replace("_", "-"), given[name])
         if "actors" in given:
             given["actors"] = parse_actors(given["actors"])
         for name, kind in _numeric().items():
             if name in given:
                 given[name] = _number(name, given[name], kind)
-        storage = given.pop("storage_options", {})
         groups = {group: kind(**{k: v for k, v in given.items() if names.get(k) == group})
                   for group, kind in GROUPS.items()}
         return cls(inputs=tuple(inputs), output=str(output), storage_options=storage, **groups)
@@ -215,13 +214,13 @@ def default(name: str) -> object:
     return value.default
 
 
-def parse_json_object(option: str, text: str | dict | None) -> dict:
+def parse_json_object(option: str, text: object) -> dict:
     if not text:
         return {}
     if isinstance(text, dict):
         return text
     try:
-        value = json.loads(text)
+        value = json.loads(str(text))
     except json.JSONDecodeError as exc:
         raise UserError(f"--{option} is not valid JSON ({exc.msg})") from None
     if not isinstance(value, dict):
@@ -272,7 +271,7 @@ def validate(options: LabelOptions) -> None:
     if pillow_limit and read.max_pixels > pillow_limit:
         raise UserError(f"--max-pixels must be at most {pillow_limit} (Pillow's hard limit in "
                         f"this process), not {read.max_pixels}")
-    if place.actor_gpus < 0:
+    if (place.actor_gpus or 0) < 0:
         raise UserError(f"--actor-gpus must be 0 or positive, not {place.actor_gpus}")
     check_resources(place.actor_resources, "--actor-resources")
     check_resources(place.reader_resources, "--reader-resources")

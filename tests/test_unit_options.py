@@ -65,6 +65,7 @@ def test_every_flat_name_belongs_to_one_group():
     ({"actor_resources": '{"CPU": 1}'}, "give CPU with its own option"),
     ({"actor_labels": "[1]"}, "must be a JSON object"),
     ({"storage_options": "{nope"}, "--storage-options is not valid JSON"),
+    ({"storage_options": 5}, "--storage-options must be a JSON object"),
     ({"pool": "nosuch"}, "unknown pool"),
     ({"model": "resnet"}, "unknown model"),
     ({"colour": "red"}, "unknown option(s): colour"),
