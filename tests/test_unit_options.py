@@ -54,6 +54,7 @@ def test_every_flat_name_belongs_to_one_group():
     ({"layout": "zip"}, "unknown layout"),
     ({"batch_size": 0}, "--batch-size must be positive"),
     ({"max_bytes": -1}, "--max-bytes must be positive"),
+    ({"max_shard_bytes": 0}, "--max-shard-bytes must be positive"),
     ({"top_k": 1001}, "--top-k must be between 1 and 1000"),
     ({"top_k": "many"}, "--top-k must be a number"),
     ({"actors": "0"}, "--actors must be a positive number"),

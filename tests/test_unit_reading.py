@@ -2,8 +2,11 @@
 Parquet shards. Each item becomes exactly one row (a reason where it cannot be labelled), no
 exception escapes, nothing blocks. Runs the decoding stage's own function without Ray."""
 
+import bz2
+import gzip
 import http.server
 import io
+import lzma
 import os
 import socket
 import struct
@@ -25,6 +28,7 @@ from effnet_ray.inputs.fetch import read_local
 from effnet_ray.inputs.parquet import read_footers
 from effnet_ray.inputs.reading import read_units
 from effnet_ray.inputs.samples import ImageError, ReadTask
+from effnet_ray.inputs.webdataset import tar_samples
 from effnet_ray.models.registry import PHOTOS, get_spec
 from effnet_ray.options import MAX_BYTES, ReadOptions
 from effnet_ray.storage import printable
@@ -262,13 +266,94 @@ def test_odd_members_become_rows(tmp_path):
     assert "larger than --max-bytes" in rows[s + "big"]
 
 
-def test_gzipped_shards_read_like_plain_ones(tmp_path):
+def keys(rows):
+    return [(p.rsplit("::", 1)[-1], e) for p, e in rows]
+
+
+def test_compressed_shards_read_like_plain_ones(tmp_path):
     members = [("a.jpg", JPEG), ("a.cls", b"1"), ("b.jpg", JPEG)]
     plain = read("webdataset", [shard(tmp_path, members)])
-    for name in ("s.tgz", "s.tar.gz"):
-        zipped = read("webdataset", [shard(tmp_path, members, name, "w:gz")])
-        assert [(p.rsplit("::")[1], e) for p, e in zipped] == \
-            [(p.rsplit("::")[1], e) for p, e in plain]
+    # compression is found by content, not by name, as tarfile's "r|*" finds it
+    for name, mode in [("s.tgz", "w:gz"), ("s.tar.gz", "w:gz"), ("gz.tar", "w:gz"),
+                       ("bz.tar", "w:bz2"), ("xz.tar", "w:xz")]:
+        assert keys(read("webdataset", [shard(tmp_path, members, name, mode)])) == keys(plain)
+
+
+def test_gzip_members_and_bytes_after_the_last_are_read_as_gzip_d_reads_them(tmp_path):
+    members = [("a.jpg", JPEG), ("b.jpg", JPEG), ("c.jpg", JPEG)]
+    data = tar_bytes(members)
+    plain = keys(read("webdataset", [shard(tmp_path, members)]))
+    half = len(data) // 2
+    members_twice = gzip.compress(data[:half]) + gzip.compress(data[half:])
+    for name, packed in [("members.tgz", members_twice),
+                         ("zeros.tgz", gzip.compress(data) + bytes(4096)),
+                         ("junk.tgz", gzip.compress(data) + b"trailing junk" * 100)]:
+        (tmp_path / name).write_bytes(packed)
+        assert keys(read("webdataset", [tmp_path / name])) == plain, name
+
+
+OPENERS = {"gzip": lambda path: gzip.open(path, "wb", compresslevel=9),
+           "bzip2": lambda path: bz2.open(path, "wb"),
+           "xz": lambda path: lzma.open(path, "wb", preset=1),
+           "plain": lambda path: open(path, "wb")}
+
+
+def packed_shard(path, members, packing="gzip"):
+    """A tar shard written as a stream through `packing`; members: (name, bytes, or the
+    number of zero bytes it holds)."""
+    with OPENERS[packing](path) as packed, open("/dev/zero", "rb") as zeros, \
+            tarfile.open(fileobj=packed, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+        for name, value in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(value, tuple):
+                info.type, info.linkname = tarfile.SYMTYPE, value[1]
+                tar.addfile(info)
+                continue
+            info.size = value if isinstance(value, int) else len(value)
+            tar.addfile(info, zeros if isinstance(value, int) else io.BytesIO(value))
+    return path
+
+
+@pytest.mark.parametrize("packing", ["gzip", "bzip2", "xz"])
+def test_a_member_that_inflates_hugely_is_skipped_in_bounded_memory(tmp_path, packing):
+    """64 MiB of zeros pack into kilobytes (gzip) or bytes (bzip2). tarfile's own "r|*"
+    inflates each 10 KiB read at once, unbounded (~10 MiB a read for gzip, the whole member
+    for bzip2) and copies that buffer on every read, which made skipping such a member take
+    time quadratic in it; the sample after it waited. Memory bounded per read means time
+    linear in the member, at decompression speed."""
+    path = packed_shard(tmp_path / "bomb.tar", [("zeros.jpg", 64 * 2**20),
+                                                ("photo.jpg", JPEG)], packing)
+    assert path.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        samples = list(tar_samples(str(path), None, "", task(max_bytes=len(JPEG)),
+                                   lambda i: False))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [(s.path.rsplit("::")[1], s.data == JPEG) for s in samples] == \
+        [("zeros", False), ("photo", True)]
+    assert "larger than --max-bytes" in samples[0].error and samples[1].error is None
+    assert peak < 2 * 2**20
+
+
+@pytest.mark.parametrize("packing", ["gzip", "plain"])
+def test_a_shard_past_max_shard_bytes_ends_with_a_row_for_the_rest(tmp_path, packing):
+    members = [("a.jpg", JPEG), ("l.jpg", ("sym", "a.jpg")), ("zeros.jpg", 2**20),
+               ("b.jpg", JPEG)]
+    path = packed_shard(tmp_path / "s.tar", members, packing)
+    rows = read("webdataset", [path], max_shard_bytes=2**19)
+    s = f"{path}::"
+    assert [p for p, _ in rows] == [s + "a", s + "zeros", s + "l", str(path)]
+    assert rows[0][1] is None
+    assert rows[2][1].startswith("link target not read: larger than --max-shard-bytes")
+    assert rows[3][1] == (f"larger than --max-shard-bytes after zeros (more than {2**19} bytes "
+                          "of tar stream; the rest is not read)")
+    # the bound counts the tar stream, after decompression: the whole shard passes under a
+    # larger one
+    whole = dict(read("webdataset", [path], max_shard_bytes=2**21))
+    assert set(whole) == {s + k for k in ("a", "l", "zeros", "b")}
+    assert whole[s + "zeros"] == "not a recognised image format"
 
 
 def test_a_broken_shard_keeps_what_it_read_and_adds_a_shard_row(tmp_path):
