@@ -77,9 +77,10 @@ class ReadOptions:
                               help="larger images, decoded or resized, are error rows")
     max_bytes: int = _option(MAX_BYTES, help="larger files, tar members and Parquet values are "
                              "error rows, never read whole")
-    max_shard_bytes: int = _option(MAX_SHARD_BYTES, help="the most a tar shard may expand "
-                                   "to (its tar stream, after decompression): the rest of a "
-                                   "larger one is an error row, unread")
+    max_shard_bytes: int = _option(MAX_SHARD_BYTES, help="the most one shard may expand to "
+                                   "(a tar stream after decompression; the images a Parquet "
+                                   "shard's rows hold or reference): the rest of a larger one "
+                                   "is an error row, unread")
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,11 @@ import tarfile
 import threading
 import time
 import tracemalloc
+import uuid
 import zlib
 from pathlib import Path
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -31,6 +33,7 @@ from effnet_ray.inputs.samples import ImageError, ReadTask
 from effnet_ray.inputs.webdataset import tar_samples
 from effnet_ray.models.registry import PHOTOS, get_spec
 from effnet_ray.options import MAX_BYTES, ReadOptions
+from effnet_ray.output.rows import reason_kind
 from effnet_ray.storage import printable
 
 pytestmark = pytest.mark.unit  # pure parts and single stages, without Ray
@@ -433,6 +436,94 @@ def test_oversized_and_missing_values_are_rows(tmp_path):
     rows = read("parquet", [path], max_bytes=len(JPEG))
     assert [e for _, e in rows][0] is None
     assert "no image bytes" in rows[1][1] and "larger than --max-bytes" in rows[2][1]
+
+
+HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def hf_shard(path, images):
+    """A Parquet shard of Hugging Face image structs ({"bytes", "path"} or None)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"image": pa.array(images, HF_IMAGE)}), path)
+    return path
+
+
+def test_an_image_referenced_beside_the_shard_is_read(tmp_path):
+    (tmp_path / "d" / "imgs").mkdir(parents=True)
+    (tmp_path / "d" / "imgs" / "a.jpg").write_bytes(JPEG)
+    path = hf_shard(tmp_path / "d" / "p.parquet", [
+        {"bytes": None, "path": "imgs/a.jpg"}, {"bytes": None, "path": "./imgs/../imgs/a.jpg"},
+        {"bytes": JPEG, "path": "held/bytes/win.jpg"}, {"bytes": None, "path": None},
+        {"bytes": None, "path": ""}, None])
+    assert [e for _, e in read("parquet", [path])] == \
+        [None, None, None] + ["no image bytes in this row"] * 3
+
+
+def test_an_image_referenced_beside_a_shard_on_a_store_is_read_from_that_store():
+    fs = fsspec.filesystem("memory")
+    folder = f"/refs-{uuid.uuid4().hex}"
+    fs.pipe_file(f"{folder}/imgs/a.jpg", JPEG)
+    fs.pipe_file("/secret.jpg", JPEG)
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"image": pa.array(
+        [{"bytes": None, "path": "imgs/a.jpg"}, {"bytes": None, "path": "../secret.jpg"}],
+        HF_IMAGE)}), buf)
+    fs.pipe_file(f"{folder}/p.parquet", buf.getvalue())
+    try:
+        (_, ok), (_, outside) = read("parquet", [f"memory://{folder}/p.parquet"])
+    finally:
+        fs.rm(folder, recursive=True)
+        fs.rm_file("/secret.jpg")
+    assert ok is None and "only a reference outside the shard's folder" in outside
+
+
+@pytest.mark.parametrize("reference", [
+    "{tmp}/secret.jpg", "../secret.jpg", "imgs/../../secret.jpg", "./../secret.jpg",
+    "file://{tmp}/secret.jpg", "https://example.com/secret.jpg", "s3://b/secret.jpg",
+    "/etc/shadow", "..", ".", "//etc/shadow"])
+def test_an_image_referenced_outside_the_shard_folder_is_not_read(tmp_path, reference):
+    (tmp_path / "secret.jpg").write_bytes(JPEG)  # labelled if it were followed
+    reference = reference.format(tmp=tmp_path)
+    path = hf_shard(tmp_path / "d" / "p.parquet", [{"bytes": None, "path": reference}])
+    ((_, error),) = read("parquet", [path])
+    assert error == ("no image bytes in this row, only a reference outside the shard's "
+                     f"folder ({reference}; only paths inside it are read)")
+
+
+def test_a_referenced_file_is_bounded_like_any_file(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "big.jpg").write_bytes(JPEG + b"x")
+    os.mkfifo(folder / "fifo.jpg")
+    os.symlink("/dev/zero", folder / "zero.jpg")
+    path = hf_shard(folder / "p.parquet", [
+        {"bytes": None, "path": name} for name in ("big.jpg", "fifo.jpg", "zero.jpg",
+                                                   "gone\n.jpg", "https://u:hunter2@h/x.jpg")])
+    errors = [e for _, e in read("parquet", [path], max_bytes=len(JPEG))]
+    assert [reason_kind(e) for e in errors] == \
+        ["no image bytes in this row, only a reference that could not be read"] * 4 \
+        + ["no image bytes in this row, only a reference outside the shard's folder"]
+    assert "big.jpg: larger than --max-bytes" in errors[0]
+    assert "fifo.jpg: not a regular file (a FIFO)" in errors[1]
+    assert "zero.jpg: not a regular file (a character device)" in errors[2]
+    assert "gone\\n.jpg: unreadable object (FileNotFoundError" in errors[3]
+    assert "\n" not in errors[3]
+    assert "hunter2" not in errors[4] and "https://***@h/x.jpg" in errors[4]
+
+
+@pytest.mark.parametrize("referenced", [False, True])
+def test_a_parquet_shard_past_max_shard_bytes_ends_with_a_row_for_the_rest(tmp_path,
+                                                                           referenced):
+    # one file referenced by every row costs a read each time: the bound counts them all
+    (tmp_path / "a.jpg").write_bytes(JPEG)
+    image = {"bytes": None, "path": "a.jpg"} if referenced else {"bytes": JPEG, "path": None}
+    path = hf_shard(tmp_path / "p.parquet", [image] * 6)
+    rows = read("parquet", [path], max_shard_bytes=2 * len(JPEG) + 1)
+    assert [p for p, _ in rows] == [f"{path}::{i}" for i in range(3)] + [str(path)]
+    assert [e for _, e in rows[:3]] == [None] * 3
+    assert rows[3][1] == (f"larger than --max-shard-bytes after row 2 (more than "
+                          f"{2 * len(JPEG) + 1} bytes of images, held or referenced; the rest "
+                          "is not read)")
 
 
 def test_batches_follow_the_batch_size(tmp_path):
