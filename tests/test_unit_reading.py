@@ -19,6 +19,7 @@ import zlib
 from pathlib import Path
 
 import fsspec
+import fsspec.implementations.local
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -280,6 +281,31 @@ def test_compressed_shards_read_like_plain_ones(tmp_path):
     for name, mode in [("s.tgz", "w:gz"), ("s.tar.gz", "w:gz"), ("gz.tar", "w:gz"),
                        ("bz.tar", "w:bz2"), ("xz.tar", "w:xz")]:
         assert keys(read("webdataset", [shard(tmp_path, members, name, mode)])) == keys(plain)
+
+
+class Trickle(io.RawIOBase):
+    """A stream that gives at most `step` bytes a read, as a socket may."""
+
+    def __init__(self, data, step):
+        self.data, self.step = data, step
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        size = self.step if size < 0 else min(size, self.step)
+        chunk, self.data = self.data[:size], self.data[size:]
+        return chunk
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w:bz2", "w:xz", "w"])
+def test_a_shard_that_arrives_a_few_bytes_a_read_is_read_whole(tmp_path, monkeypatch, mode):
+    path = shard(tmp_path, [("a.jpg", JPEG), ("b.jpg", JPEG)], mode=mode)
+    real_open = fsspec.implementations.local.LocalFileSystem.open
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileSystem, "open",
+                        lambda self, p, mode="rb", **kw: Trickle(Path(p).read_bytes(), 2)
+                        if p == str(path) else real_open(self, p, mode, **kw))
+    assert keys(read("webdataset", [path])) == [("a", None), ("b", None)]
 
 
 def test_gzip_members_and_bytes_after_the_last_are_read_as_gzip_d_reads_them(tmp_path):

@@ -74,6 +74,15 @@ class _Unread(io.RawIOBase):
         return self.read(size)
 
 
+def _first(f: BinaryIO, size: int) -> bytes:
+    """The first `size` bytes of `f` (fewer at its end): a stream's read may return only what
+    has arrived."""
+    head = b""
+    while len(head) < size and (more := f.read(size - len(head))):
+        head += more
+    return head
+
+
 def _decompressed(head: bytes, f: BinaryIO) -> _Readable:
     """`f`, whose first bytes were `head`, decompressed as tarfile's "r|*" would (gzip, bzip2,
     xz), by the standard library's readers."""
@@ -100,7 +109,7 @@ class _TarStream(io.RawIOBase):
     """
 
     def __init__(self, f: BinaryIO, limit: int) -> None:
-        self.inner = _decompressed(f.read(6), f)
+        self.inner = _decompressed(_first(f, 6), f)
         self.limit, self.passed = limit, 0
 
     def readable(self) -> bool:
