@@ -281,6 +281,21 @@ def test_other_inputs_are_still_refused_naming_the_difference(resumed, tmp_path,
     assert message.count("\n") == 0 and resumed[-1].split("/")[-1] in message
 
 
+def test_the_same_relative_text_in_another_folder_is_another_input(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    made = identity_of(LabelOptions.build(["in"], "out"), "0" * 64)
+    (tmp_path / "out").mkdir()
+    fs, path = open_fs(str(tmp_path / "out"))
+    write_manifest(fs, path, {"identity": made, "runs": []})
+    assert made["inputs"] == [f"{tmp_path}/a/in"]
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(UserError, match="made differently"):
+        check_resumable(fs, path, wanted("in"))
+    assert check_resumable(fs, path, wanted("../a/in/")) is not None
+
+
 def test_a_refusal_never_shows_credentials_an_old_manifest_kept(tmp_path):
     fs, path = made_with(tmp_path / "out", ["https://user:hunter2@h/in"])
     with pytest.raises(UserError, match=r"https://\*\*\*@h/in\"\] only there") as refused:

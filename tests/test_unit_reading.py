@@ -522,19 +522,23 @@ def test_a_referenced_file_is_bounded_like_any_file(tmp_path):
     (folder / "big.jpg").write_bytes(JPEG + b"x")
     os.mkfifo(folder / "fifo.jpg")
     os.symlink("/dev/zero", folder / "zero.jpg")
+    (folder / "sub").mkdir()
     path = hf_shard(folder / "p.parquet", [
-        {"bytes": None, "path": name} for name in ("big.jpg", "fifo.jpg", "zero.jpg",
-                                                   "gone\n.jpg", "https://u:hunter2@h/x.jpg")])
+        {"bytes": None, "path": name} for name in (
+            "big.jpg", "fifo.jpg", "zero.jpg", "gone\n.jpg", "sub/", "nul\0.jpg",
+            "https://u:hunter2@h/x.jpg")])
     errors = [e for _, e in read("parquet", [path], max_bytes=len(JPEG))]
     assert [reason_kind(e) for e in errors] == \
-        ["no image bytes in this row, only a reference that could not be read"] * 4 \
+        ["no image bytes in this row, only a reference that could not be read"] * 6 \
         + ["no image bytes in this row, only a reference outside the shard's folder"]
     assert "big.jpg: larger than --max-bytes" in errors[0]
     assert "fifo.jpg: not a regular file (a FIFO)" in errors[1]
     assert "zero.jpg: not a regular file (a character device)" in errors[2]
     assert "gone\\n.jpg: unreadable object (FileNotFoundError" in errors[3]
-    assert "\n" not in errors[3]
-    assert "hunter2" not in errors[4] and "https://***@h/x.jpg" in errors[4]
+    assert "sub/: not a regular file (a folder)" in errors[4]
+    assert "nul\\x00.jpg: unreadable object (ValueError" in errors[5]
+    assert not any("\n" in e or "\0" in e for e in errors)
+    assert "hunter2" not in errors[6] and "https://***@h/x.jpg" in errors[6]
 
 
 @pytest.mark.parametrize("referenced", [False, True])

@@ -46,8 +46,8 @@ def test_a_plain_name_is_a_local_path_whatever_it_looks_like(name):
 
 
 @pytest.mark.parametrize("typed", ["in", "in/", "./in", "in//", "./x/../in/.", "{cwd}/in",
-                                   "{cwd}/in/", "file://{cwd}/in", "FILE://{cwd}/./in/",
-                                   "file://in"])
+                                   "{cwd}/in/", "{cwd}//in", "file://{cwd}/in",
+                                   "FILE://{cwd}/./in/", "file://in", "Local://{cwd}/in"])
 def test_a_local_input_is_named_by_what_it_means_not_how_it_is_typed(typed, tmp_path,
                                                                      monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -69,9 +69,16 @@ def test_a_uri_is_named_by_its_store_and_path_not_how_it_is_typed(typed, meant):
 
 def test_different_inputs_keep_different_names(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    names = ["in", "in2", "IN", "in/sub", "in/*.jpg", "/in", "s3://b/in", "s3://b/IN",
-             "gs://b/in", "https://h/in", "https://h/in/"]
+    names = ["in", "in2", "IN", "in/sub", "in/*.jpg", "in/[ab].jpg", "/in", "s3://b/in",
+             "s3://b/IN", "s3://in", "gs://b/in", "https://h/in", "https://h/in/", "in ",
+             "in.", "x::in"]
     assert len({normal_uri(n) for n in names}) == len(names)
+
+
+def test_a_glob_is_named_like_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert normal_uri("./in/**/*.jpg") == normal_uri("in//**/*.jpg") == \
+        f"{tmp_path}/in/**/*.jpg"
 
 
 @pytest.mark.parametrize("typed", ["in/", "../x/in", "~/in", "s3a://b/p/", "FILE:///a/./b",
