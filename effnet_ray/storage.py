@@ -79,8 +79,17 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
+def _lower_scheme(uri: str) -> str:
+    """`uri` with its scheme in lower case: schemes are case-insensitive (RFC 3986), fsspec's
+    stores know theirs in lower case only."""
+    match = _PROTOCOL.match(uri)
+    return match.group(1).lower() + uri[match.end(1):] if match else uri
+
+
 def open_fs(uri: str, options: dict | None = None) -> tuple[AbstractFileSystem, str]:
-    """The filesystem and the path within it; `options` apply to remote stores only."""
+    """The filesystem and the path within it; `options` apply to remote stores only. Local
+    paths (plain or `file://`) come out absolute, with `.`, `..` and repeated slashes
+    resolved as text, as `normal_uri` names them."""
     protocol = protocol_of(uri)
     try:
         cls = fsspec.get_filesystem_class(protocol)
@@ -92,6 +101,7 @@ def open_fs(uri: str, options: dict | None = None) -> tuple[AbstractFileSystem, 
                         "gs, az, abfs, http, https...)") from None
     if not _PROTOCOL.match(uri):  # a plain local path: taken as it is, never re-parsed
         return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(uri))
+    uri = _lower_scheme(uri)
     local = protocol in LOCAL
     kwargs = {} if local else {**_DEFAULTS.get(protocol, {}), **(options or {})}
     try:
@@ -100,7 +110,32 @@ def open_fs(uri: str, options: dict | None = None) -> tuple[AbstractFileSystem, 
         reason = str(exc).splitlines()[0][:120] if not options else type(exc).__name__
         raise UserError(f"{redact(uri)}: bad storage options for {protocol} ({reason})") \
             from None
-    return fs, fs._strip_protocol(uri)
+    path = fs._strip_protocol(uri)
+    return fs, os.path.abspath(path) if local else path
+
+
+def normal_uri(uri: str) -> str:
+    """What an input names, spelt as a run names it (the listing's names, hence the `path`
+    column and the work units), without I/O: a local path, plain or `file://`, absolute with
+    `~` expanded and `.`, `..`, repeated and trailing slashes resolved as text; a store's URI
+    with the store's first scheme in lower case (`S3A://b/p/` is `s3://b/p`) and no trailing
+    slash (an http(s) URL keeps its path: a server may tell `/p/` from `/p`); userinfo
+    hidden (`redact`). Symbolic links are not followed: the rows are named through them.
+    A scheme not installed here keeps its path as written."""
+    if not _PROTOCOL.match(uri):
+        return os.path.abspath(os.path.expanduser(uri))
+    uri = _lower_scheme(uri)
+    try:
+        cls = fsspec.get_filesystem_class(protocol_of(uri))
+    except (ImportError, ValueError):
+        return redact(uri)
+    names = (cls.protocol,) if isinstance(cls.protocol, str) else tuple(cls.protocol)
+    path = cls._strip_protocol(uri)
+    if set(names) & set(LOCAL):
+        return os.path.abspath(path)
+    if not any(path.startswith(f"{name}://") for name in names):
+        path = f"{names[0]}://{path.rstrip('/') or path}"
+    return redact(path)
 
 
 def protocols(fs: AbstractFileSystem) -> tuple[str, ...]:

@@ -25,10 +25,10 @@ B7_SEEDS = ("efficientnet-b7-pytorch", "efficientnet-b7_auto_aug")
 F32_TOLERANCE = 1e-4
 
 
-def run_cli(*args, env=None, timeout=900):
+def run_cli(*args, env=None, timeout=900, cwd=None):
     """Run effnet-ray as users do: a separate process, exit code and stderr kept."""
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def one_line_error(result, *fragments):

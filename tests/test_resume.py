@@ -314,6 +314,28 @@ def test_a_file_added_to_the_inputs_is_labelled_without_redoing_the_rest(lite0_i
     assert manifest(out)["runs"][-1]["this_run"] == sum(len(u.uris) for u in changed)
 
 
+def test_a_rerun_naming_the_inputs_another_way_resumes(lite0_ir, tmp_path):
+    """`label in`, rerun as `in/`, `./in`, its absolute path or a file:// URI, continues:
+    the identity compares what inputs name, also in a manifest that kept them as typed."""
+    shutil.copytree(PHOTOS, tmp_path / "in")
+    out = tmp_path / "out"
+    assert run_cli(*small_args(lite0_ir, "out", "in"), cwd=tmp_path).returncode == 0
+    assert manifest(out)["identity"]["inputs"] == [str(tmp_path / "in")]
+    for spelt in ("in/", "./in", tmp_path / "in", f"file://{tmp_path}/in/"):
+        result = run_cli(*small_args(lite0_ir, "out", spelt), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert manifest(out)["runs"][-1]["this_run"] == 0
+    kept_as_typed = manifest(out)
+    kept_as_typed["identity"]["inputs"] = ["in/"]
+    (out / "_manifest.json").write_text(json.dumps(kept_as_typed))
+    result = run_cli(*small_args(lite0_ir, out, tmp_path / "in"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert manifest(out)["runs"][-1]["this_run"] == 0 and len(rows_by_name(out)) == 7
+    shutil.copytree(PHOTOS, tmp_path / "in2")
+    one_line_error(run_cli(*small_args(lite0_ir, out, tmp_path / "in2")), "made differently",
+                   "inputs", "in2")
+
+
 def test_a_rerun_made_differently_is_refused(lite0_ir, tmp_path):
     out = tmp_path / "out"
     assert run_cli(*small_args(lite0_ir, out)).returncode == 0

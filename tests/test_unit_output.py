@@ -15,9 +15,11 @@ from effnet_ray.errors import UserError
 from effnet_ray.inputs.batch import ImageBatch, stack
 from effnet_ray.inputs.listing import Source, Unit
 from effnet_ray.models.registry import load_class_names
+from effnet_ray.options import LabelOptions
 from effnet_ray.output.commit import Committer
 from effnet_ray.output.layout import LEASE, Part
 from effnet_ray.output.lease import Lease, LeaseLost, check_holder, read_holder
+from effnet_ray.output.manifest import check_resumable, identity_of, write_manifest
 from effnet_ray.output.place import check_place, clear
 from effnet_ray.output.resume import scan, tidy
 from effnet_ray.output.rows import parquet_bytes, result_table, top_k_ids
@@ -224,6 +226,83 @@ def test_an_output_that_is_or_holds_an_input_is_refused(tmp_path):
     (tmp_path / "file").write_bytes(b"x")
     with pytest.raises(UserError, match="not a folder"):
         check_place(str(tmp_path / "file"), (str(tmp_path / "in"),), {})
+
+
+# --- whether an output may be resumed ---------------------------------------------------
+
+def made_with(out, inputs):
+    """An output whose manifest holds `inputs` exactly as given (an old manifest kept them
+    as typed)."""
+    out.mkdir(exist_ok=True)
+    fs, path = open_fs(str(out))
+    made = {**identity_of(LabelOptions.build(["x"], str(out)), "0" * 64), "inputs": list(inputs)}
+    write_manifest(fs, path, {"identity": made, "runs": []})
+    return fs, path
+
+
+def wanted(*inputs):
+    return identity_of(LabelOptions.build(list(inputs), "out"), "0" * 64)
+
+
+@pytest.mark.parametrize("typed", [["in"], ["in/"], ["./in"], ["{cwd}/in"], ["{cwd}/in/"],
+                                   ["in", "in/"]])
+@pytest.mark.parametrize("resumed", ["in", "in/", "./in", "{cwd}/in", "{cwd}/x/../in"])
+def test_an_output_resumes_however_its_inputs_are_spelt(typed, resumed, tmp_path,
+                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fs, path = made_with(tmp_path / "out", [t.format(cwd=tmp_path) for t in typed])
+    assert check_resumable(fs, path, wanted(resumed.format(cwd=tmp_path))) is not None
+
+
+def test_an_identity_holds_inputs_by_what_they_name_in_any_order_each_once(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert wanted("in", "s3://b/p/")["inputs"] == \
+        wanted("s3://b/p", "./in/", f"{tmp_path}/in", "in")["inputs"] == \
+        [f"{tmp_path}/in", "s3://b/p"]
+    assert wanted("in")["inputs"] != wanted("in", "in2")["inputs"]
+
+
+def test_inputs_in_another_order_or_repeated_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fs, path = made_with(tmp_path / "out", ["a", "s3://b/p/", "a/"])
+    assert check_resumable(fs, path, wanted("S3://b/p", f"{tmp_path}/a")) is not None
+
+
+@pytest.mark.parametrize("resumed", [["in2"], ["in", "in2"], ["in/sub"], ["IN"],
+                                     ["in/*.jpg"], ["s3://b/in"]])
+def test_other_inputs_are_still_refused_naming_the_difference(resumed, tmp_path,
+                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fs, path = made_with(tmp_path / "out", ["in/"])
+    with pytest.raises(UserError, match="made differently") as refused:
+        check_resumable(fs, path, wanted(*resumed))
+    message = str(refused.value)
+    assert message.count("\n") == 0 and resumed[-1].split("/")[-1] in message
+
+
+def test_the_same_relative_text_in_another_folder_is_another_input(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    made = identity_of(LabelOptions.build(["in"], "out"), "0" * 64)
+    (tmp_path / "out").mkdir()
+    fs, path = open_fs(str(tmp_path / "out"))
+    write_manifest(fs, path, {"identity": made, "runs": []})
+    assert made["inputs"] == [f"{tmp_path}/a/in"]
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(UserError, match="made differently"):
+        check_resumable(fs, path, wanted("in"))
+    assert check_resumable(fs, path, wanted("../a/in/")) is not None
+
+
+def test_a_refusal_never_shows_credentials_an_old_manifest_kept(tmp_path):
+    fs, path = made_with(tmp_path / "out", ["https://user:hunter2@h/in"])
+    with pytest.raises(UserError, match=r"https://\*\*\*@h/in\"\] only there") as refused:
+        check_resumable(fs, path, wanted("https://h/other"))
+    assert "hunter2" not in str(refused.value)
+    fs, path = made_with(tmp_path / "out", ["https://user:hunter2@h/in"])
+    assert check_resumable(fs, path, wanted("https://other:pw@h/in")) is not None
 
 
 def test_overwrite_deletes_only_what_this_tool_wrote(tmp_path):

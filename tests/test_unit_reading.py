@@ -2,8 +2,11 @@
 Parquet shards. Each item becomes exactly one row (a reason where it cannot be labelled), no
 exception escapes, nothing blocks. Runs the decoding stage's own function without Ray."""
 
+import bz2
+import gzip
 import http.server
 import io
+import lzma
 import os
 import socket
 import struct
@@ -11,9 +14,12 @@ import tarfile
 import threading
 import time
 import tracemalloc
+import uuid
 import zlib
 from pathlib import Path
 
+import fsspec
+import fsspec.implementations.local
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -25,8 +31,10 @@ from effnet_ray.inputs.fetch import read_local
 from effnet_ray.inputs.parquet import read_footers
 from effnet_ray.inputs.reading import read_units
 from effnet_ray.inputs.samples import ImageError, ReadTask
+from effnet_ray.inputs.webdataset import tar_samples
 from effnet_ray.models.registry import PHOTOS, get_spec
 from effnet_ray.options import MAX_BYTES, ReadOptions
+from effnet_ray.output.rows import reason_kind
 from effnet_ray.storage import printable
 
 pytestmark = pytest.mark.unit  # pure parts and single stages, without Ray
@@ -262,13 +270,119 @@ def test_odd_members_become_rows(tmp_path):
     assert "larger than --max-bytes" in rows[s + "big"]
 
 
-def test_gzipped_shards_read_like_plain_ones(tmp_path):
+def keys(rows):
+    return [(p.rsplit("::", 1)[-1], e) for p, e in rows]
+
+
+def test_compressed_shards_read_like_plain_ones(tmp_path):
     members = [("a.jpg", JPEG), ("a.cls", b"1"), ("b.jpg", JPEG)]
     plain = read("webdataset", [shard(tmp_path, members)])
-    for name in ("s.tgz", "s.tar.gz"):
-        zipped = read("webdataset", [shard(tmp_path, members, name, "w:gz")])
-        assert [(p.rsplit("::")[1], e) for p, e in zipped] == \
-            [(p.rsplit("::")[1], e) for p, e in plain]
+    # compression is found by content, not by name, as tarfile's "r|*" finds it
+    for name, mode in [("s.tgz", "w:gz"), ("s.tar.gz", "w:gz"), ("gz.tar", "w:gz"),
+                       ("bz.tar", "w:bz2"), ("xz.tar", "w:xz")]:
+        assert keys(read("webdataset", [shard(tmp_path, members, name, mode)])) == keys(plain)
+
+
+class Trickle(io.RawIOBase):
+    """A stream that gives at most `step` bytes a read, as a socket may."""
+
+    def __init__(self, data, step):
+        self.data, self.step = data, step
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        size = self.step if size < 0 else min(size, self.step)
+        chunk, self.data = self.data[:size], self.data[size:]
+        return chunk
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w:bz2", "w:xz", "w"])
+def test_a_shard_that_arrives_a_few_bytes_a_read_is_read_whole(tmp_path, monkeypatch, mode):
+    path = shard(tmp_path, [("a.jpg", JPEG), ("b.jpg", JPEG)], mode=mode)
+    real_open = fsspec.implementations.local.LocalFileSystem.open
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileSystem, "open",
+                        lambda self, p, mode="rb", **kw: Trickle(Path(p).read_bytes(), 2)
+                        if p == str(path) else real_open(self, p, mode, **kw))
+    assert keys(read("webdataset", [path])) == [("a", None), ("b", None)]
+
+
+def test_gzip_members_and_bytes_after_the_last_are_read_as_gzip_d_reads_them(tmp_path):
+    members = [("a.jpg", JPEG), ("b.jpg", JPEG), ("c.jpg", JPEG)]
+    data = tar_bytes(members)
+    plain = keys(read("webdataset", [shard(tmp_path, members)]))
+    half = len(data) // 2
+    members_twice = gzip.compress(data[:half]) + gzip.compress(data[half:])
+    for name, packed in [("members.tgz", members_twice),
+                         ("zeros.tgz", gzip.compress(data) + bytes(4096)),
+                         ("junk.tgz", gzip.compress(data) + b"trailing junk" * 100)]:
+        (tmp_path / name).write_bytes(packed)
+        assert keys(read("webdataset", [tmp_path / name])) == plain, name
+
+
+OPENERS = {"gzip": lambda path: gzip.open(path, "wb", compresslevel=9),
+           "bzip2": lambda path: bz2.open(path, "wb"),
+           "xz": lambda path: lzma.open(path, "wb", preset=1),
+           "plain": lambda path: open(path, "wb")}
+
+
+def packed_shard(path, members, packing="gzip"):
+    """A tar shard written as a stream through `packing`; members: (name, bytes, or the
+    number of zero bytes it holds)."""
+    with OPENERS[packing](path) as packed, open("/dev/zero", "rb") as zeros, \
+            tarfile.open(fileobj=packed, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+        for name, value in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(value, tuple):
+                info.type, info.linkname = tarfile.SYMTYPE, value[1]
+                tar.addfile(info)
+                continue
+            info.size = value if isinstance(value, int) else len(value)
+            tar.addfile(info, zeros if isinstance(value, int) else io.BytesIO(value))
+    return path
+
+
+@pytest.mark.parametrize("packing", ["gzip", "bzip2", "xz"])
+def test_a_member_that_inflates_hugely_is_skipped_in_bounded_memory(tmp_path, packing):
+    """64 MiB of zeros pack into kilobytes (gzip) or bytes (bzip2). tarfile's own "r|*"
+    inflates each 10 KiB read at once, unbounded (~10 MiB a read for gzip, the whole member
+    for bzip2) and copies that buffer on every read, which made skipping such a member take
+    time quadratic in it; the sample after it waited. Memory bounded per read means time
+    linear in the member, at decompression speed."""
+    path = packed_shard(tmp_path / "bomb.tar", [("zeros.jpg", 64 * 2**20),
+                                                ("photo.jpg", JPEG)], packing)
+    assert path.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        samples = list(tar_samples(str(path), None, "", task(max_bytes=len(JPEG)),
+                                   lambda i: False))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [(s.path.rsplit("::")[1], s.data == JPEG) for s in samples] == \
+        [("zeros", False), ("photo", True)]
+    assert "larger than --max-bytes" in samples[0].error and samples[1].error is None
+    assert peak < 2 * 2**20
+
+
+@pytest.mark.parametrize("packing", ["gzip", "plain"])
+def test_a_shard_past_max_shard_bytes_ends_with_a_row_for_the_rest(tmp_path, packing):
+    members = [("a.jpg", JPEG), ("l.jpg", ("sym", "a.jpg")), ("zeros.jpg", 2**20),
+               ("b.jpg", JPEG)]
+    path = packed_shard(tmp_path / "s.tar", members, packing)
+    rows = read("webdataset", [path], max_shard_bytes=2**19)
+    s = f"{path}::"
+    assert [p for p, _ in rows] == [s + "a", s + "zeros", s + "l", str(path)]
+    assert rows[0][1] is None
+    assert rows[2][1].startswith("link target not read: larger than --max-shard-bytes")
+    assert rows[3][1] == (f"larger than --max-shard-bytes after zeros (more than {2**19} bytes "
+                          "of tar stream; the rest is not read)")
+    # the bound counts the tar stream, after decompression: the whole shard passes under a
+    # larger one
+    whole = dict(read("webdataset", [path], max_shard_bytes=2**21))
+    assert set(whole) == {s + k for k in ("a", "l", "zeros", "b")}
+    assert whole[s + "zeros"] == "not a recognised image format"
 
 
 def test_a_broken_shard_keeps_what_it_read_and_adds_a_shard_row(tmp_path):
@@ -348,6 +462,98 @@ def test_oversized_and_missing_values_are_rows(tmp_path):
     rows = read("parquet", [path], max_bytes=len(JPEG))
     assert [e for _, e in rows][0] is None
     assert "no image bytes" in rows[1][1] and "larger than --max-bytes" in rows[2][1]
+
+
+HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def hf_shard(path, images):
+    """A Parquet shard of Hugging Face image structs ({"bytes", "path"} or None)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"image": pa.array(images, HF_IMAGE)}), path)
+    return path
+
+
+def test_an_image_referenced_beside_the_shard_is_read(tmp_path):
+    (tmp_path / "d" / "imgs").mkdir(parents=True)
+    (tmp_path / "d" / "imgs" / "a.jpg").write_bytes(JPEG)
+    path = hf_shard(tmp_path / "d" / "p.parquet", [
+        {"bytes": None, "path": "imgs/a.jpg"}, {"bytes": None, "path": "./imgs/../imgs/a.jpg"},
+        {"bytes": JPEG, "path": "held/bytes/win.jpg"}, {"bytes": None, "path": None},
+        {"bytes": None, "path": ""}, None])
+    assert [e for _, e in read("parquet", [path])] == \
+        [None, None, None] + ["no image bytes in this row"] * 3
+
+
+def test_an_image_referenced_beside_a_shard_on_a_store_is_read_from_that_store():
+    fs = fsspec.filesystem("memory")
+    folder = f"/refs-{uuid.uuid4().hex}"
+    fs.pipe_file(f"{folder}/imgs/a.jpg", JPEG)
+    fs.pipe_file("/secret.jpg", JPEG)
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"image": pa.array(
+        [{"bytes": None, "path": "imgs/a.jpg"}, {"bytes": None, "path": "../secret.jpg"}],
+        HF_IMAGE)}), buf)
+    fs.pipe_file(f"{folder}/p.parquet", buf.getvalue())
+    try:
+        (_, ok), (_, outside) = read("parquet", [f"memory://{folder}/p.parquet"])
+    finally:
+        fs.rm(folder, recursive=True)
+        fs.rm_file("/secret.jpg")
+    assert ok is None and "only a reference outside the shard's folder" in outside
+
+
+@pytest.mark.parametrize("reference", [
+    "{tmp}/secret.jpg", "../secret.jpg", "imgs/../../secret.jpg", "./../secret.jpg",
+    "file://{tmp}/secret.jpg", "https://example.com/secret.jpg", "s3://b/secret.jpg",
+    "/etc/shadow", "..", ".", "//etc/shadow"])
+def test_an_image_referenced_outside_the_shard_folder_is_not_read(tmp_path, reference):
+    (tmp_path / "secret.jpg").write_bytes(JPEG)  # labelled if it were followed
+    reference = reference.format(tmp=tmp_path)
+    path = hf_shard(tmp_path / "d" / "p.parquet", [{"bytes": None, "path": reference}])
+    ((_, error),) = read("parquet", [path])
+    assert error == ("no image bytes in this row, only a reference outside the shard's "
+                     f"folder ({reference}; only paths inside it are read)")
+
+
+def test_a_referenced_file_is_bounded_like_any_file(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "big.jpg").write_bytes(JPEG + b"x")
+    os.mkfifo(folder / "fifo.jpg")
+    os.symlink("/dev/zero", folder / "zero.jpg")
+    (folder / "sub").mkdir()
+    path = hf_shard(folder / "p.parquet", [
+        {"bytes": None, "path": name} for name in (
+            "big.jpg", "fifo.jpg", "zero.jpg", "gone\n.jpg", "sub/", "nul\0.jpg",
+            "https://u:hunter2@h/x.jpg")])
+    errors = [e for _, e in read("parquet", [path], max_bytes=len(JPEG))]
+    assert [reason_kind(e) for e in errors] == \
+        ["no image bytes in this row, only a reference that could not be read"] * 6 \
+        + ["no image bytes in this row, only a reference outside the shard's folder"]
+    assert "big.jpg: larger than --max-bytes" in errors[0]
+    assert "fifo.jpg: not a regular file (a FIFO)" in errors[1]
+    assert "zero.jpg: not a regular file (a character device)" in errors[2]
+    assert "gone\\n.jpg: unreadable object (FileNotFoundError" in errors[3]
+    assert "sub/: not a regular file (a folder)" in errors[4]
+    assert "nul\\x00.jpg: unreadable object (ValueError" in errors[5]
+    assert not any("\n" in e or "\0" in e for e in errors)
+    assert "hunter2" not in errors[6] and "https://***@h/x.jpg" in errors[6]
+
+
+@pytest.mark.parametrize("referenced", [False, True])
+def test_a_parquet_shard_past_max_shard_bytes_ends_with_a_row_for_the_rest(tmp_path,
+                                                                           referenced):
+    # one file referenced by every row costs a read each time: the bound counts them all
+    (tmp_path / "a.jpg").write_bytes(JPEG)
+    image = {"bytes": None, "path": "a.jpg"} if referenced else {"bytes": JPEG, "path": None}
+    path = hf_shard(tmp_path / "p.parquet", [image] * 6)
+    rows = read("parquet", [path], max_shard_bytes=2 * len(JPEG) + 1)
+    assert [p for p, _ in rows] == [f"{path}::{i}" for i in range(3)] + [str(path)]
+    assert [e for _, e in rows[:3]] == [None] * 3
+    assert rows[3][1] == (f"larger than --max-shard-bytes after row 2 (more than "
+                          f"{2 * len(JPEG) + 1} bytes of images, held or referenced; the rest "
+                          "is not read)")
 
 
 def test_batches_follow_the_batch_size(tmp_path):

@@ -12,6 +12,7 @@ from effnet_ray.storage import (
     is_transient,
     local_path,
     named_errors,
+    normal_uri,
     open_fs,
     printable,
     protocol_of,
@@ -44,6 +45,65 @@ def test_a_double_colon_name_is_a_local_file_not_a_url_chain(tmp_path):
 def test_a_plain_name_is_a_local_path_whatever_it_looks_like(name):
     fs, path = open_fs(name)
     assert path == os.path.join(os.getcwd(), name) and "file" in fs.protocol
+
+
+@pytest.mark.parametrize("typed", ["in", "in/", "./in", "in//", "./x/../in/.", "{cwd}/in",
+                                   "{cwd}/in/", "{cwd}//in", "file://{cwd}/in",
+                                   "FILE://{cwd}/./in/", "file://in", "Local://{cwd}/in"])
+def test_a_local_input_is_named_by_what_it_means_not_how_it_is_typed(typed, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert normal_uri(typed.format(cwd=tmp_path)) == f"{tmp_path}/in"
+
+
+@pytest.mark.parametrize("typed, meant", [
+    ("s3://b/p/", "s3://b/p"), ("S3://b/p", "s3://b/p"), ("s3a://b/p//", "s3://b/p"),
+    ("s3://b/", "s3://b"), ("gs://b/p/", "gs://b/p"), ("GCS://b/p", "gs://b/p"),
+    ("memory://x/", "memory:///x"),
+    # keys are case-sensitive and may hold dots; a server may tell /p/ from /p
+    ("s3://B/P/../q", "s3://B/P/../q"), ("HTTPS://h/p/", "https://h/p/"),
+    ("https://user:hunter2@h/p", "https://***@h/p"),
+    ("nosuch://b/p/", "nosuch://b/p/"),
+])
+def test_a_uri_is_named_by_its_store_and_path_not_how_it_is_typed(typed, meant):
+    assert normal_uri(typed) == meant
+
+
+def test_different_inputs_keep_different_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = ["in", "in2", "IN", "in/sub", "in/*.jpg", "in/[ab].jpg", "/in", "s3://b/in",
+             "s3://b/IN", "s3://in", "gs://b/in", "https://h/in", "https://h/in/", "in ",
+             "in.", "x::in"]
+    assert len({normal_uri(n) for n in names}) == len(names)
+
+
+def test_a_glob_is_named_like_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert normal_uri("./in/**/*.jpg") == normal_uri("in//**/*.jpg") == \
+        f"{tmp_path}/in/**/*.jpg"
+
+
+@pytest.mark.parametrize("typed", ["in/", "../x/in", "~/in", "s3a://b/p/", "FILE:///a/./b",
+                                   "https://u:p@h/x", "weird:/no-slashes", "nosuch://b/p/"])
+def test_naming_twice_changes_nothing(typed):
+    assert normal_uri(normal_uri(typed)) == normal_uri(typed)
+
+
+def test_symbolic_links_are_kept_in_names(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert normal_uri(f"{tmp_path}/link/") == f"{tmp_path}/link"
+    # `..` is resolved as text, as the listing names files, not through the link
+    assert normal_uri(f"{tmp_path}/link/../other") == f"{tmp_path}/other"
+
+
+def test_open_fs_names_what_normal_uri_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for typed in ["in/", "file://{cwd}/x/../in/", "FILE://{cwd}//in"]:
+        fs, path = open_fs(typed.format(cwd=tmp_path))
+        assert path == f"{tmp_path}/in" == normal_uri(typed.format(cwd=tmp_path))
+    fs, path = open_fs("S3://b/p/")
+    assert path == "b/p" and "s3" in fs.protocol
 
 
 def test_unknown_protocol_is_named_as_such():

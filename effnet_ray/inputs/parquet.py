@@ -1,24 +1,43 @@
 """Parquet shards of image bytes -> samples, `SHARD::ID` each (binary columns, or Hugging
 Face's image struct); and their footers, read once before a run.
 
-A repeated id gets `#2`, `#3`... in the order met; a null id is the row number."""
+A repeated id gets `#2`, `#3`... in the order met; a null id is the row number.
+
+A Hugging Face image whose `bytes` are null and whose `path` is set is only referenced: a
+relative path is read from the shard's folder on the shard's store (as a file beside the shard,
+bounded by --max-bytes); an absolute path, a URI or a path that leaves the folder (`..`) is
+not followed, so a hostile shard cannot make a run read /etc/shadow or another host. A
+shard's rows give at most --max-shard-bytes of image bytes, held or referenced."""
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from effnet_ray.errors import UserError
-from effnet_ray.inputs.fetch import check_regular
-from effnet_ray.inputs.samples import SEPARATOR, ReadTask, Sample, Skip, UniquePaths, too_large
+from effnet_ray.inputs.fetch import check_regular, read_object
+from effnet_ray.inputs.samples import (
+    SEPARATOR,
+    ReadTask,
+    Sample,
+    ShardTooLarge,
+    Skip,
+    UniquePaths,
+    describe,
+    too_large,
+)
 from effnet_ray.storage import (
+    LOCAL,
     Unreachable,
+    display,
     is_transient,
     named_errors,
     open_fs,
     printable,
+    protocol_of,
     redact,
     short_reason,
 )
@@ -90,7 +109,8 @@ def parquet_samples(uri: str, size: int | None, version: str | None, task: ReadT
     shard = printable(redact(uri))
     unique = UniquePaths()
     fs, path = open_fs(uri, task.storage_options)
-    row = 0
+    folder = display(fs, posixpath.dirname(path))
+    row = given = 0
     try:
         check_regular(fs, path)
         with fs.open(path, "rb") as f:
@@ -116,9 +136,19 @@ def parquet_samples(uri: str, size: int | None, version: str | None, task: ReadT
                     ids = batch.column(1).to_pylist() if has_id else [None] * batch.num_rows
                     for value, ident in zip(batch.column(0).to_pylist(), ids, strict=True):
                         item = unique(f"{shard}{SEPARATOR}{_id_text(ident, row)}")
-                        yield None if skip(row) else _row_sample(item, value, opts.max_bytes,
-                                                                  size, version)
+                        sample = None if skip(row) else _row_sample(item, value, folder, task,
+                                                                    size, version)
+                        got = len(sample.data) if sample and sample.data else 0
+                        yield sample
                         row += 1
+                        given += got
+                        if given > opts.max_shard_bytes:
+                            raise ShardTooLarge(f"more than {opts.max_shard_bytes} bytes of "
+                                                "images, held or referenced; the rest is not "
+                                                "read")
+    except ShardTooLarge as exc:
+        yield Sample(shard, error=f"{exc.stopped} after row {row - 1} ({exc})", size=size,
+                     version=version)
     except Exception as exc:  # the shard's boundary
         if is_transient(exc, fs):
             raise
@@ -127,15 +157,50 @@ def parquet_samples(uri: str, size: int | None, version: str | None, task: ReadT
                      size=size, version=version)
 
 
-def _row_sample(path: str, value: object, limit: int, size: int | None,
+def _row_sample(path: str, value: object, folder: str, task: ReadTask, size: int | None,
                 version: str | None) -> Sample:
-    if isinstance(value, dict):  # Hugging Face's Image feature
-        value = value.get("bytes")
     sample = Sample(path, size=size, version=version)
-    if not isinstance(value, bytes):
+    data = value.get("bytes") if isinstance(value, dict) else value
+    reference = value.get("path") if isinstance(value, dict) else None
+    limit = task.options.max_bytes
+    if data is None and reference:
+        try:
+            data = read_object(_beside(folder, str(reference)), None, task)
+        except _Outside:
+            sample.error = ("no image bytes in this row, only a reference outside the shard's "
+                            f"folder ({_shown(reference)}; only paths inside it are read)")
+            return sample
+        except Exception as exc:  # this row's failure, unless a store's that may pass
+            if protocol_of(folder) not in LOCAL and is_transient(exc):
+                raise
+            sample.error = ("no image bytes in this row, only a reference that could not be "
+                            f"read ({_shown(reference)}: {describe(exc)})")
+            return sample
+    if not isinstance(data, bytes):
         sample.error = "no image bytes in this row"
-    elif len(value) > limit:
-        sample.error = too_large(len(value), limit)
+    elif len(data) > limit:
+        sample.error = too_large(len(data), limit)
     else:
-        sample.data = value
+        sample.data = data
     return sample
+
+
+class _Outside(Exception):
+    """A reference that is not followed."""
+
+
+def _beside(folder: str, reference: str) -> str:
+    """The URI of a file a row references, inside the shard's folder; _Outside for a path
+    that is absolute, a URI, or leads out of the folder."""
+    inside = posixpath.normpath(reference)
+    if "://" in reference or inside.startswith("/") or inside in (".", "..") \
+            or inside.startswith("../"):
+        raise _Outside(reference)
+    return posixpath.join(folder, inside)
+
+
+def _shown(reference: object) -> str:
+    """A reference as a row's reason shows it: credentials hidden, control characters
+    escaped (a reason is one line), at most 200 characters."""
+    text = redact(str(reference))[:200]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -61,6 +61,12 @@ class ImageError(Exception):
     """An input that is not a usable image; its message is the row's `error`."""
 
 
+class ShardTooLarge(Exception):
+    """A shard that expanded past --max-shard-bytes; its message says what passed it."""
+
+    stopped = "larger than --max-shard-bytes"
+
+
 SEPARATOR = "::"
 
 

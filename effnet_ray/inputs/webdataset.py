@@ -5,19 +5,35 @@ key, two members of one name) gets `#2`, `#3`... in the order met; a key that is
 UTF-8 is percent-encoded. Hard and symbolic link members resolve to their
 target inside the tar: samples that hold a link are labelled after the shard's other samples,
 once a second pass over the stream has read their targets.
+
+A pass reads at most --max-shard-bytes of tar stream (after decompression); a shard that goes
+on ends with a row for the rest, unread.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
 import posixpath
 import tarfile
 from collections.abc import Iterator, Mapping
+from typing import BinaryIO, Protocol, cast
 
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.inputs.fetch import check_regular
 from effnet_ray.inputs.listing import IMAGE_EXTENSIONS, suffix
-from effnet_ray.inputs.samples import SEPARATOR, ReadTask, Sample, Skip, UniquePaths, too_large
+from effnet_ray.inputs.samples import (
+    SEPARATOR,
+    ReadTask,
+    Sample,
+    ShardTooLarge,
+    Skip,
+    UniquePaths,
+    too_large,
+)
 from effnet_ray.storage import (
     is_transient,
     open_fs,
@@ -28,6 +44,90 @@ from effnet_ray.storage import (
 
 LABEL_EXTENSIONS = (".cls", ".txt")
 _LINK_HOPS = 16
+# What tarfile asks of the stream at once: against its 10 KiB, 64 KiB halves the CPU of
+# passing data that inflates fast; more costs more, as tarfile copies its buffer every read.
+_TAR_READ = 64 * 2**10
+
+
+class _Readable(Protocol):
+    def read1(self, size: int, /) -> bytes: ...
+
+
+class _Unread(io.RawIOBase):
+    """`f` with `head`, already read from it, put back in front."""
+
+    def __init__(self, head: bytes, f: BinaryIO) -> None:
+        self.head, self.f = head, f
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.f.read(size)
+        if size < 0:
+            size = len(self.head)
+        data, self.head = self.head[:size], self.head[size:]
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+
+def _first(f: BinaryIO, size: int) -> bytes:
+    """The first `size` bytes of `f` (fewer at its end): a stream's read may return only what
+    has arrived."""
+    head = b""
+    while len(head) < size and (more := f.read(size - len(head))):
+        head += more
+    return head
+
+
+def _decompressed(head: bytes, f: BinaryIO) -> _Readable:
+    """`f`, whose first bytes were `head`, decompressed as tarfile's "r|*" would (gzip, bzip2,
+    xz), by the standard library's readers."""
+    raw = _Unread(head, f)
+    if head.startswith(b"\x1f\x8b\x08"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(raw)
+    if head.startswith((b"\xfd7zXZ\x00", b"\x5d\x00\x00\x80")):
+        return lzma.LZMAFile(cast(BinaryIO, raw))
+    return raw
+
+
+class _TarStream(io.RawIOBase):
+    """A shard's tar stream as tarfile reads it (mode "r|"): decompressed here, and ended
+    past `limit` bytes with ShardTooLarge.
+
+    tarfile's own "r|*" decompresses 10 KiB of input at a time with no bound on the output,
+    and keeps what it has not given out in one buffer that each 10 KiB read copies again: a
+    member it skips (not wanted, or over --max-bytes) of `gzip -9`'d zeros passes at 46 MiB
+    per CPU second, and one bzip2 read can inflate to gigabytes. The standard library's
+    readers decompress only what a read asks for, so a skipped member passes at
+    decompression speed (430 MiB per CPU second there), in memory bounded by tarfile's reads.
+    """
+
+    def __init__(self, f: BinaryIO, limit: int) -> None:
+        self.inner = _decompressed(_first(f, 6), f)
+        self.limit, self.passed = limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:  # read1: a failure past the last gzip member loses nothing read before it
+            data = self.inner.read1(size)
+        except gzip.BadGzipFile as exc:
+            # bytes that follow the last gzip member are ignored, as tarfile and gzip -d do
+            if not self.passed or not str(exc).startswith("Not a gzipped file"):
+                raise
+            data = b""
+        self.passed += len(data)
+        if self.passed > self.limit:
+            raise ShardTooLarge(f"more than {self.limit} bytes of tar stream; the rest is "
+                                "not read")
+        return data
 
 
 def _key(member_name: str) -> tuple[str, str]:
@@ -118,9 +218,9 @@ class _Stream:
                                                                 self.version)
         self.regular += 1
 
-    def broken(self, reason: str) -> Iterator[Sample]:
-        """The stream failed: what was gathered, the samples waiting on links, and a row for
-        the shard saying where it stopped."""
+    def broken(self, reason: str, stopped: str = "unreadable shard") -> Iterator[Sample]:
+        """The stream failed or passed --max-shard-bytes: what was gathered, the samples
+        waiting on links, and a row for the shard saying where it stopped."""
         if self.key is not None and not self.has_link:
             if self.members:
                 yield _sample_from(self.path(self.key), self.members, self.size, self.version)
@@ -128,10 +228,9 @@ class _Stream:
                 yield Sample(self.unique(f"{self.shard}{SEPARATOR}{self.key}"),
                              error=f"truncated shard ({reason})")
         for key, _ in self.deferred:
-            yield Sample(self.path(key),
-                         error=f"link target not read: the shard is unreadable ({reason})")
+            yield Sample(self.path(key), error=f"link target not read: {stopped} ({reason})")
         yield Sample(self.shard,
-                     error=f"unreadable shard after {self.key or 'its start'} ({reason})")
+                     error=f"{stopped} after {self.key or 'its start'} ({reason})")
 
 
 def tar_samples(uri: str, size: int | None, version: str | None, task: ReadTask,
@@ -141,10 +240,13 @@ def tar_samples(uri: str, size: int | None, version: str | None, task: ReadTask,
     fs, path = open_fs(uri, task.storage_options)
     try:
         check_regular(fs, path)
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        with fs.open(path, "rb") as f, _open_tar(f, task) as tar:
             for member in tar:
                 yield from stream.add(tar, member)
             yield from stream.end()
+    except ShardTooLarge as exc:
+        yield from stream.broken(str(exc), exc.stopped)
+        return
     except Exception as exc:  # the shard's boundary: keep what was read, say where it stopped
         if is_transient(exc, fs):
             raise
@@ -152,6 +254,11 @@ def tar_samples(uri: str, size: int | None, version: str | None, task: ReadTask,
         return
     if stream.deferred:
         yield from _linked_samples(fs, path, stream, task)
+
+
+def _open_tar(f: BinaryIO, task: ReadTask) -> tarfile.TarFile:
+    return tarfile.open(fileobj=_TarStream(f, task.options.max_shard_bytes), mode="r|",
+                        bufsize=_TAR_READ)
 
 
 def _resolve(name: str, links: dict[str, str]) -> str | None:
@@ -173,7 +280,7 @@ def _linked_samples(fs: AbstractFileSystem, path: str, stream: _Stream, task: Re
     problem = None
     if wanted:
         try:
-            with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            with fs.open(path, "rb") as f, _open_tar(f, task) as tar:
                 for member in tar:
                     if member.name in wanted and member.isfile():
                         found[member.name] = _member_value(tar, member, limit)

@@ -9,16 +9,32 @@ from __future__ import annotations
 import json
 import platform
 import socket
+from collections.abc import Iterable
 from importlib import metadata as package_metadata
 
 from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
-from effnet_ray.options import default, option_names
+from effnet_ray.options import LabelOptions, default, option_names
 from effnet_ray.output.layout import COMPACT, MANIFEST, Part, timestamp
-from effnet_ray.storage import display, named_errors, names_in, put_atomic
+from effnet_ray.storage import display, named_errors, names_in, normal_uri, put_atomic
 
 VERSIONED = ("effnet-ray", "ray", "openvino", "pyarrow", "numpy", "pillow", "fsspec")
+
+
+def identity_of(options: LabelOptions, ir_sha256: str) -> dict:
+    """What an output's rows are made with: the options that decide them, the inputs by what
+    they name, and the IR's checksum."""
+    return {**options.identity(), "inputs": input_identity(options.inputs),
+            "ir_sha256": ir_sha256}
+
+
+def input_identity(inputs: Iterable[str]) -> list[str]:
+    """Inputs as an identity holds them: what each names (`storage.normal_uri`), once, in
+    sorted order. Listing takes every file once whatever the order or repetition of the
+    inputs, and a unit that another order groups differently is redone on resume (its old
+    parts removed), so neither changes a row."""
+    return sorted({normal_uri(i) for i in inputs})
 
 
 def read_manifest(fs: AbstractFileSystem, path: str) -> dict | None:
@@ -72,20 +88,37 @@ def check_resumable(fs: AbstractFileSystem, path: str, wanted: dict) -> dict | N
             raise UserError(f"output {where} holds results of an earlier run without its "
                             "manifest; pass --overwrite to start over")
         return None
-    had = manifest.get("identity", {})
+    identity = manifest.get("identity", {})
     # an option added since the output was made counts as its default there
-    differ = [k for k in wanted if had.get(k, _default(k)) != wanted.get(k)]
+    had = {k: _meaning(k, identity.get(k, _default(k))) for k in wanted}
+    now = {k: _meaning(k, wanted[k]) for k in wanted}
+    differ = [k for k in wanted if had[k] != now[k]]
     if differ:
-        what = "; ".join(f"{k}: {_show(had.get(k))} there, {_show(wanted.get(k))} now"
-                         for k in differ)
+        what = "; ".join(_difference(k, had[k], now[k]) for k in differ)
         raise UserError(f"output {where} holds results made differently ({what}); rerun with "
                         "the same settings to resume, or pass --overwrite to start over")
     return manifest
 
 
 def _default(name: str) -> object:
-
     return default(name) if name in option_names() else None
+
+
+def _meaning(name: str, value: object) -> object:
+    """An identity entry as compared: inputs by what they name, in any order, each once (a
+    manifest may hold them as typed)."""
+    if name == "inputs" and isinstance(value, list):
+        return input_identity(value)
+    return value
+
+
+def _difference(name: str, had: object, now: object) -> str:
+    if name == "inputs" and isinstance(had, list) and isinstance(now, list):
+        there, here = sorted(set(had) - set(now)), sorted(set(now) - set(had))
+        return "inputs: " + ", ".join(
+            f"{_show(side)} only {where}" for side, where in ((there, "there"), (here, "now"))
+            if side)
+    return f"{name}: {_show(had)} there, {_show(now)} now"
 
 
 def _show(value: object) -> str:

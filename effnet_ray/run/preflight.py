@@ -24,7 +24,7 @@ from effnet_ray.models.ir import check_contract, ir_sha256, metadata, read_ir
 from effnet_ray.models.registry import ModelSpec, get_spec
 from effnet_ray.options import LabelOptions
 from effnet_ray.output.lease import Lease
-from effnet_ray.output.manifest import check_resumable
+from effnet_ray.output.manifest import check_resumable, identity_of
 from effnet_ray.output.place import check_place, clear
 from effnet_ray.storage import display, is_local, open_fs, redact
 
@@ -60,7 +60,7 @@ class RunPlan:
 
     @property
     def identity(self) -> dict:
-        return {**self.options.identity(), "ir_sha256": self.ir_sha256}
+        return identity_of(self.options, self.ir_sha256)
 
 
 def check_device(device: str, precision: str) -> None:
@@ -139,11 +139,10 @@ def prepare_run(options: LabelOptions) -> RunPlan:
     try:
         units, shard_rows = list_units(options, display(fs, path))
         manifest = None
-        identity = {**options.identity(), "ir_sha256": sha256}
         if options.run.overwrite:
             clear(fs, path)
         else:
-            manifest = check_resumable(fs, path, identity)
+            manifest = check_resumable(fs, path, identity_of(options, sha256))
     except BaseException:
         lease.release()
         raise
