@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
+import effnet_ray
+import effnet_ray.output.compaction as compaction
 from effnet_ray.inputs.batch import ImageBatch
 from effnet_ray.models.registry import load_class_names
 from effnet_ray.output.layout import Part
@@ -23,6 +25,21 @@ from effnet_ray.storage import open_fs, put_atomic
 from tests.helpers import CLI, IMAGES, one_line_error, run_cli
 
 NAMES = load_class_names("imagenet_2012.txt")
+
+
+def crash_at_the_second_tidy(monkeypatch):
+    """Die where a kill rarely hits: at the tidy that would finish a compaction, once its
+    record is written."""
+    calls = []
+    real_tidy = compaction.tidy
+
+    def tidy_then_crash(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_tidy(*args)
+
+    monkeypatch.setattr(compaction, "tidy", tidy_then_crash)
 
 
 def sorted_rows(folder):
@@ -125,21 +142,10 @@ def test_a_crash_right_after_the_record_is_finished_by_the_next_compact(planted,
                                                                         monkeypatch):
     """The moment a kill rarely hits: the record is written, the new files are still hidden
     and the old parts still there. The record decides: each row is counted once."""
-    import effnet_ray.output.compaction as compaction
-
     out = tmp_path / "out"
     shutil.copytree(planted, out)
     reference = sorted_rows(out)
-    calls = []
-    real_tidy = compaction.tidy
-
-    def tidy_then_crash(*args):
-        calls.append(1)
-        if len(calls) == 2:  # the tidy that would finish the compaction
-            raise KeyboardInterrupt
-        return real_tidy(*args)
-
-    monkeypatch.setattr(compaction, "tidy", tidy_then_crash)
+    crash_at_the_second_tidy(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         compaction.compact(str(out), 60_000)
     monkeypatch.undo()
@@ -175,20 +181,8 @@ def test_a_kill_during_the_end_of_run_compaction_is_finished_by_the_next_label(
         many_photos, lite0_ir, tmp_path, monkeypatch):
     """The record is written, the joined files are still hidden and the parts still there
     when the run dies: the next `label` finishes the join, and every row is there once."""
-    import effnet_ray
-    import effnet_ray.output.compaction as compaction
-
     out = tmp_path / "out"
-    calls = []
-    real_tidy = compaction.tidy
-
-    def tidy_then_crash(*args):
-        calls.append(1)
-        if len(calls) == 2:  # the tidy that would finish the join
-            raise KeyboardInterrupt
-        return real_tidy(*args)
-
-    monkeypatch.setattr(compaction, "tidy", tidy_then_crash)
+    crash_at_the_second_tidy(monkeypatch)
     options = effnet_ray.LabelOptions.build(
         [str(many_photos)], str(out), model="efficientnet-lite0", model_path=str(lite0_ir),
         precision="f32", batch_size=4, unit_size=8)
