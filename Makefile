@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit lint bench clean
+.PHONY: demo test unit lint bench bench-scale clean
 
 # torch is installed first and pinned: this machine carries a CPU build of 2.13.0 on disk,
 # and any other torch request would pull a multi-GB CUDA build.
@@ -35,6 +35,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_decode_fast.py
 	$(BIN)/python benchmarks/bench_camera.py
+	$(BIN)/python benchmarks/bench_scale.py --images 20000
+
+# A million images through the whole loop (label, SIGKILL at half, rerun, compact), and the
+# driver's listing and scan at millions of keys: about an hour on 2 cores, run alone.
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/bench_scale.py --images 1000000
+	$(BIN)/python benchmarks/bench_driver_scale.py
 
 clean:
 	rm -rf $(VENV) .demo-output

@@ -172,7 +172,7 @@ def test_a_worker_node_lost_mid_run_costs_only_its_work_in_flight(cluster, lite0
     job = client.submit_job(entrypoint=" ".join(
         ["python", "jobs/label.py", str(many_photos), "--output", str(out), "--model-path",
          str(lite0_ir), *JOB_ARGS[:4], "--batch-size", "4", "--unit-size", "8",
-         "--pool", "cpu-pinned"]), runtime_env=runtime_env)
+         "--pool", "cpu-pinned", "--no-compact"]), runtime_env=runtime_env)
     deadline = time.time() + 300
     while not list(out.glob("part-*.parquet")):
         assert time.time() < deadline and client.get_job_status(job) in (

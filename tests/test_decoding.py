@@ -156,7 +156,7 @@ def _made(kind: str, size: tuple[int, int]) -> tuple[bytes, int]:
     waves = (127 + 60 * np.sin(x / 37.0) + 60 * np.cos(y / 23.0)).astype(np.uint8)
     buf = io.BytesIO()
     if kind == "tiff16":
-        Image.fromarray((waves.astype(np.uint16) * 257), "I;16").save(buf, format="TIFF")
+        Image.fromarray(waves.astype(np.uint16) * 257).save(buf, format="TIFF")
     else:
         rgb = np.stack([waves, waves[::-1], np.roll(waves, 50, axis=1)], axis=-1)
         Image.fromarray(rgb).save(buf, format="JPEG" if kind == "jpeg" else "PNG",

@@ -130,7 +130,7 @@ def test_bad_ground_truth_is_one_line(labelled, tmp_path):
     out, *_ = labelled
     (tmp_path / "gt.txt").write_text("a b c\n")
     one_line_error(run_cli("evaluate", out, "--ground-truth", tmp_path / "gt.txt"),
-                   "is not `NAME CLASS_ID`")
+                   "gt.txt line 1", "'c' is not an integer")
     one_line_error(run_cli("evaluate", tmp_path / "nope"), "does not exist")
 
 
