@@ -12,11 +12,11 @@ import sys
 import traceback
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pyarrow.dataset as pads
 
-from effnet_ray.api import label as run_label
+import effnet_ray
 from effnet_ray.errors import Terminated, UserError
 from effnet_ray.models.cache import default_cache_dir, int8_path, prepared_path
 from effnet_ray.models.complexity import complexity
@@ -28,9 +28,11 @@ from effnet_ray.prepare.quantize import MIN_AGREEMENT, SUBSET_SIZE, quantize
 from effnet_ray.results.evaluate import describe, evaluate
 from effnet_ray.results.report import write_report
 from effnet_ray.run.console import NativeStderrFilter
-from effnet_ray.run.job import Summary
 from effnet_ray.run.progress import reporter_for
 from effnet_ray.storage import short_reason
+
+if TYPE_CHECKING:
+    from effnet_ray.run.job import Summary
 
 DEMO_MODEL = "efficientnet-lite0"
 log = logging.getLogger("effnet_ray")
@@ -225,7 +227,10 @@ def models_quantize(args: argparse.Namespace) -> None:
 
 def _label(inputs: list[str], output: str, **flags: object) -> Summary:
     options = LabelOptions.build(inputs, output, **flags)
-    return run_label(options, progress=reporter_for(sys.stderr, options.run.progress_seconds))
+    # through the package's face, which loads Ray only now: every other command starts
+    # without it
+    return effnet_ray.label(options,
+                            progress=reporter_for(sys.stderr, options.run.progress_seconds))
 
 
 def label_command(args: argparse.Namespace) -> None:

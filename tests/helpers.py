@@ -108,8 +108,12 @@ class S3Requests:
 
     def gets(self):
         """The bucket/key of every GET, in order, repeats included."""
-        lines = self._call("download-recording").splitlines()
-        requests = [json.loads(line) for line in lines if line.strip()]
+        text, requests, decoder, at = self._call("download-recording"), [], json.JSONDecoder(), 0
+        # moto writes each record and its newline apart: concurrent requests (a resume
+        # reading part footers at once) can put two records on one line
+        while (at := len(text) - len(text[at:].lstrip())) < len(text):
+            record, at = decoder.raw_decode(text, at)
+            requests.append(record)
         return [urllib.parse.unquote(urllib.parse.urlsplit(r["url"]).path).lstrip("/")
                 for r in requests if r["method"] == "GET"]
 

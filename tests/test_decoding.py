@@ -121,7 +121,7 @@ def test_fast_b7_logits_of_camera_photos_stay_within_the_measured_tolerance(b7_i
                                                                             camera_photos):
     spec = get_spec(model)
     compiled = _compiled(b7_irs[model], spec)
-    distances = [_relative_l2(compiled, spec, data)[0] for data in camera_photos[:6]]
+    distances = [_relative_l2(compiled, spec, data)[0] for data in camera_photos[:4]]
     assert max(distances) < RELATIVE_L2[model]
 
 
@@ -164,10 +164,11 @@ def _made(kind: str, size: tuple[int, int]) -> tuple[bytes, int]:
     return buf.getvalue(), width * height
 
 
-@pytest.mark.parametrize("kind", ["jpeg", "png", "tiff16"])
-@pytest.mark.parametrize("decoding", ["exact", "fast"])
+@pytest.mark.parametrize("kind, decoding", [("jpeg", "exact"), ("jpeg", "fast"),
+                                            ("png", "fast"), ("tiff16", "exact")])
 def test_a_48_megapixel_image_decodes_within_the_memory_a_decoding_slot_reserves(
         tmp_path, kind, decoding):
+    """PNG and TIFF have no scaled decoding: fast and exact cost them the same memory."""
     data, pixels = _made(kind, (8000, 6000))
     path = tmp_path / f"big.{kind}"
     path.write_bytes(data)
