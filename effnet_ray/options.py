@@ -198,7 +198,6 @@ class LabelOptions:
         for name, kind in _numeric().items():
             if name in given:
                 given[name] = _number(name, given[name], kind)
-        storage = parse_json_object("storage-options", given.pop("storage_options", None))
         groups = {group: kind(**{k: v for k, v in given.items() if names.get(k) == group})
                   for group, kind in GROUPS.items()}
         return cls(inputs=tuple(inputs), output=str(output), storage_options=storage, **groups)

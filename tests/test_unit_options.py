@@ -118,3 +118,9 @@ def test_decoding_tasks_hold_several_units_yet_keep_every_cpu_busy():
     assert read_tasks(3, 64) == 3  # never more tasks than units
     assert read_tasks(10**6, 10_000) == MAX_READ_BLOCKS
     assert read_tasks(0, 2) == 1
+
+
+def test_storage_options_given_as_text_reach_the_options():
+    options = LabelOptions.build(["s3://b/in"], "s3://b/out",
+                                 storage_options='{"key": "k", "secret": "s"}')
+    assert options.storage_options == {"key": "k", "secret": "s"}

@@ -51,9 +51,12 @@ def check_place(output: str, inputs: tuple[str, ...], storage_options: dict
         if fs.isfile(path):
             raise UserError(f"output {shown} exists and is not a folder")
         bucket = path.split("/", 1)[0]
-        if set(protocols(fs)) & BUCKET_STORES and not fs.exists(bucket):
-            raise UserError(f"output {shown}: bucket {bucket} does not exist; create it first "
-                            "(effnet-ray never creates buckets)")
+        if set(protocols(fs)) & BUCKET_STORES:
+            try:  # info, not exists: exists answers False for any error, denial included
+                fs.info(bucket)
+            except FileNotFoundError:
+                raise UserError(f"output {shown}: bucket {bucket} does not exist; create it "
+                                "first (effnet-ray never creates buckets)") from None
     out = _normal(fs, path)
     for item in inputs:
         in_fs, in_path = open_fs(item, storage_options)
