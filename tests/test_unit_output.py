@@ -326,7 +326,7 @@ def test_arrow_payload_keeps_its_types():
 
 @pytest.mark.parametrize("decode, infer, decoding, hint", [
     (30.0, 70.0, "exact", True), (20.0, 80.0, "exact", False), (60.0, 40.0, "fast", False),
-    (0.0, 0.0, "exact", False)])
+    (0.0, 0.0, "exact", False), (0.5, 0.5, "exact", False)])
 def test_the_summary_splits_the_cpu_and_names_fast_decoding_when_decoding_dominates(
         decode, infer, decoding, hint):
     text = str(Summary(images=10, errors=0, this_run=10, wall_seconds=5.0, output="out",

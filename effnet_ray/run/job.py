@@ -28,7 +28,7 @@ from effnet_ray.inputs.reading import read_units
 from effnet_ray.inputs.samples import ReadTask
 from effnet_ray.models.registry import load_class_names
 from effnet_ray.output.commit import Committer
-from effnet_ray.output.compaction import DEFAULT_TARGET, compact_new_parts
+from effnet_ray.output.compaction import compact_new_parts
 from effnet_ray.output.faults import OutputFailed
 from effnet_ray.output.lease import LeaseLost
 from effnet_ray.output.manifest import end_run, start_run
@@ -70,6 +70,8 @@ DECODE_BASE_MEMORY = 256 * 2**20
 DECODE_BYTES_PER_PIXEL = 9
 # Above this share of the CPU, the summary suggests fast decoding.
 DECODE_SHARE_HINT = 0.25
+# ... of a run long enough for it to matter (a few photos decode in no time either way).
+DECODE_SECONDS_HINT = 10.0
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,10 @@ class Summary:
             lines.append("errors this run: " + ", ".join(
                 f"{reason} {count}" for reason, count in self.reasons))
         if self.decode_cpu_seconds + self.inference_cpu_seconds > 0:
-            lines.append(f"CPU this run: decoding {self.decode_cpu_seconds:.0f} s, inference "
-                         f"{self.inference_cpu_seconds:.0f} s")
-        if self.decode_share > DECODE_SHARE_HINT and self.decoding == "exact":
+            lines.append(f"CPU this run: decoding {self.decode_cpu_seconds:.1f} s, inference "
+                         f"{self.inference_cpu_seconds:.1f} s")
+        if self.decode_share > DECODE_SHARE_HINT and self.decoding == "exact" and \
+                self.decode_cpu_seconds >= DECODE_SECONDS_HINT:
             lines.append(f"decoding took {self.decode_share:.0%} of the CPU: --decode fast "
                          "decodes large JPEGs in a fraction of the time (see --help)")
         return "\n".join(lines)
@@ -398,8 +401,8 @@ def _compact_new_parts(plan: RunPlan, manifest: dict) -> None:
     started = time.time()
     files = compact_new_parts(plan.fs, plan.path, manifest)
     if files:
-        log.info("joined the new parts into %d file(s) of about %d MB (%.1f s)", files,
-                 DEFAULT_TARGET // 10**6, time.time() - started)
+        log.info("joined the new parts into %d file(s) (%.1f s)", files,
+                 time.time() - started)
 
 
 def run_settings(plan: RunPlan) -> dict:
