@@ -27,15 +27,15 @@ from tests.helpers import CLI, IMAGES, one_line_error, run_cli
 NAMES = load_class_names("imagenet_2012.txt")
 
 
-def crash_at_the_second_tidy(monkeypatch):
+def crash_at_tidy(monkeypatch, call):
     """Die where a kill rarely hits: at the tidy that would finish a compaction, once its
-    record is written."""
+    record is written (`compact` tidies first, so that is its second call)."""
     calls = []
     real_tidy = compaction.tidy
 
     def tidy_then_crash(*args):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == call:
             raise KeyboardInterrupt
         return real_tidy(*args)
 
@@ -145,7 +145,7 @@ def test_a_crash_right_after_the_record_is_finished_by_the_next_compact(planted,
     out = tmp_path / "out"
     shutil.copytree(planted, out)
     reference = sorted_rows(out)
-    crash_at_the_second_tidy(monkeypatch)
+    crash_at_tidy(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         compaction.compact(str(out), 60_000)
     monkeypatch.undo()
@@ -182,7 +182,7 @@ def test_a_kill_during_the_end_of_run_compaction_is_finished_by_the_next_label(
     """The record is written, the joined files are still hidden and the parts still there
     when the run dies: the next `label` finishes the join, and every row is there once."""
     out = tmp_path / "out"
-    crash_at_the_second_tidy(monkeypatch)
+    crash_at_tidy(monkeypatch, 1)  # the run's end has scanned and tidied already
     options = effnet_ray.LabelOptions.build(
         [str(many_photos)], str(out), model="efficientnet-lite0", model_path=str(lite0_ir),
         precision="f32", batch_size=4, unit_size=8)

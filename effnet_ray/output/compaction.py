@@ -94,12 +94,11 @@ def compact(out: str, target_size: int = DEFAULT_TARGET, storage_options: dict |
 
 
 def compact_new_parts(fs: AbstractFileSystem, folder: str, manifest: dict,
-                      target_size: int = DEFAULT_TARGET) -> int:
+                      committed: Committed, target_size: int = DEFAULT_TARGET) -> int:
     """The end of a complete run, under its lease: the parts not in a compacted file yet
     become compacted files of their own, beside those already there, so a resumed run
-    rewrites only what it added. Returns the files written."""
-    committed = scan(fs, folder)
-    tidy(fs, folder, committed, None)
+    rewrites only what it added. `committed`: the output as the run's end scanned and tidied
+    it. Returns the files written."""
     loose = [p for starts in committed.parts.values() for p in starts.values()
              if (p.uid, p.first) not in committed.compacted]
     if not loose:

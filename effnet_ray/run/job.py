@@ -339,9 +339,9 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
                 state = _tracker(plan, final).state
                 state.started, state.done_at_start = started, state.done - this_run
                 report.close(state)
-        if status == "complete" and not ending.unfinished_units and \
-                not options.run.no_compact:
-            _compact_new_parts(plan, manifest)
+        if status == "complete" and final is not None and not ending.unfinished_units \
+                and not options.run.no_compact:
+            _compact_new_parts(plan, manifest, final)
     finally:
         if owns_ray:
             ray.shutdown()
@@ -394,12 +394,12 @@ def _record_end(plan: RunPlan, manifest: dict, status: str, this_run: int, tally
         return Ending(0, 0, 0), None
 
 
-def _compact_new_parts(plan: RunPlan, manifest: dict) -> None:
+def _compact_new_parts(plan: RunPlan, manifest: dict, final: Committed) -> None:
     """Readers are slow on thousands of small files: a complete run joins the parts it added
     into large files, under its lease, with `compact`'s crash guarantees (a kill leaves what
     the next `label` or `compact` finishes)."""
     started = time.time()
-    files = compact_new_parts(plan.fs, plan.path, manifest)
+    files = compact_new_parts(plan.fs, plan.path, manifest, final)
     if files:
         log.info("joined the new parts into %d file(s) (%.1f s)", files,
                  time.time() - started)
