@@ -20,6 +20,7 @@ from effnet_ray.models.ir import ir_sha256
 from effnet_ray.models.registry import PHOTOS, get_spec
 from effnet_ray.options import InferenceOptions, ReadOptions
 from effnet_ray.output.layout import Part
+from effnet_ray.run import inference
 from effnet_ray.run.inference import (
     Classifier,
     DecodingClassifier,
@@ -63,7 +64,8 @@ def units(tmp_path_factory):
             "uid": np.array(["a" * 16, "b" * 16]), "done": [np.array([], int), np.array([4])]}
 
 
-def test_an_actor_that_decodes_commits_what_a_fed_actor_commits(lite0_ir, units):
+def test_an_actor_that_decodes_commits_what_a_fed_actor_commits(lite0_ir, units, monkeypatch):
+    monkeypatch.setattr(inference, "REPORT_SECONDS", 0.0)  # a report per part, as fed ones
     options = InferenceOptions(model=SPEC.name)
     model = ModelFile(str(lite0_ir), ir_sha256(lite0_ir))
     read = ReadTask(ReadOptions(batch_size=4), SPEC)
@@ -72,7 +74,10 @@ def test_an_actor_that_decodes_commits_what_a_fed_actor_commits(lite0_ir, units)
     stats = [row for table in read_units(units, task=read) for t in classifier(table)
              for row in t.to_pylist()]
     decoder = DecodingClassifier(options, SPEC, model, decoding, read)
-    own = [row for t in decoder(units) for row in t.to_pylist()]
+    own = [{**part, **{k: v for k, v in report.items() if k != "parts"}}
+           for t in decoder(units) for report in t.to_pylist() for part in report["parts"]]
+    stats = [{**report["parts"][0], **{k: v for k, v in report.items() if k != "parts"}}
+             for report in stats]
 
     cpu = ("decode_seconds", "inference_seconds")  # measured, so never equal twice
     assert [{k: v for k, v in r.items() if k not in cpu} for r in own] == \
@@ -93,6 +98,26 @@ def test_an_actor_that_decodes_commits_what_a_fed_actor_commits(lite0_ir, units)
                 np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-5)
     errors = [e for _, t in fed.parts for e in t.column("error").to_pylist() if e]
     assert len(errors) == 2, errors
+
+
+@pytest.mark.parametrize(("every", "reports"), [(3600.0, [4]), (0.0, [1, 1, 1, 1])])
+def test_a_call_reports_its_committed_parts_together(lite0_ir, units, monkeypatch, every,
+                                                      reports):
+    """Ray Data keeps bookkeeping of every report (a block) until the run ends: a call
+    reports what it committed at most every REPORT_SECONDS, and all of it by its end."""
+    monkeypatch.setattr(inference, "REPORT_SECONDS", every)
+    recorder = Recorder()
+    decoder = DecodingClassifier(InferenceOptions(model=SPEC.name), SPEC,
+                                 ModelFile(str(lite0_ir), ir_sha256(lite0_ir)), recorder,
+                                 ReadTask(ReadOptions(batch_size=4), SPEC))
+    tables = list(decoder(units))
+    assert [t.num_rows for t in tables] == [1] * len(reports)  # a row is a block: one each
+    assert [len(t.column("parts")[0]) for t in tables] == reports
+    reported = [(p["uid"], p["first"], p["rows"]) for t in tables
+                for p in t.column("parts")[0].as_py()]
+    assert reported == [(p.uid, p.first, p.rows) for p, _ in recorder.parts]
+    assert sum(t.column("rows")[0].as_py() for t in tables) == sum(p.rows for p, _ in
+                                                                    recorder.parts)
 
 
 def test_many_calls_at_once_share_the_requests(lite0_ir, units):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
@@ -36,6 +37,10 @@ from effnet_ray.output.layout import Part
 from effnet_ray.output.rows import result_table
 
 REQUESTS_PER_OPTIMAL = 4
+# A call over a work unit reports its committed parts to the driver at most this often: each
+# report is a block that Ray Data keeps metadata and stats of in the driver and its stats
+# actor until the run ends, so one per part (32 images) would grow them with the run.
+REPORT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,7 @@ class Classifier:
         """Label and commit one batch; what was committed, as a row for the driver."""
         rows = self.label(batch, inferring)
         part = self.commit(batch, rows)
-        return part_row(part, rows, *self.cpu.charge(batch))
+        return part_row(part, rows, *self.cpu.charge(batch), large_jpegs=batch.large_jpegs)
 
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
         """Ray Data stage over decoded batches (a row of `table` each)."""
@@ -229,15 +234,21 @@ class DecodingClassifier(Classifier):
         self.cpu = CpuSplit(decodes_here=True)
 
     def __call__(self, units: dict[str, np.ndarray]) -> Iterator[pa.Table]:
-        """Ray Data stage over work units."""
-        behind = None
+        """Ray Data stage over work units; committed parts are reported together, at most
+        every REPORT_SECONDS and at the end of the call."""
+        behind, unreported, reported = None, [], time.monotonic()
         for batch in unit_batches(units, self.read):
             ahead = (batch, self.submit(batch.images))
             if behind:
-                yield self.label_and_commit(*behind)
+                unreported.append(self.label_and_commit(*behind))
+                if time.monotonic() - reported >= REPORT_SECONDS:
+                    yield joined(unreported)
+                    unreported, reported = [], time.monotonic()
             behind = ahead
         if behind:
-            yield self.label_and_commit(*behind)
+            unreported.append(self.label_and_commit(*behind))
+        if unreported:
+            yield joined(unreported)
 
 
 class CpuSplit:
@@ -262,15 +273,40 @@ class CpuSplit:
             return batch.decode_seconds, rest
 
 
+PART = pa.struct([("uid", pa.string()), ("first", pa.int64()), ("last", pa.bool_()),
+                  ("rows", pa.int64()), ("errors", pa.int64())])
+
+
 def part_row(part: Part, rows: pa.Table, decode_seconds: float = 0.0,
-             inference_seconds: float = 0.0) -> pa.Table:
-    """A committed part as one row for the driver: where it is, its counts, its classes and
-    reasons, and the CPU its decoding and its inference took."""
-    return pa.table({"uid": [part.uid], "first": [part.first], "last": [part.last],
-                     "rows": [part.rows], "errors": [part.errors],
+             inference_seconds: float = 0.0, large_jpegs: int = 0) -> pa.Table:
+    """A committed part as a report for the driver: where it is, its counts, its classes and
+    reasons, the CPU its decoding and its inference took, and its large JPEGs."""
+    return _report([{"uid": part.uid, "first": part.first, "last": part.last,
+                     "rows": part.rows, "errors": part.errors}],
+                   rows.column("class_id").drop_null().to_pylist(),
+                   rows.column("error").drop_null().to_pylist(),
+                   decode_seconds, inference_seconds, large_jpegs)
+
+
+def joined(reports: list[pa.Table]) -> pa.Table:
+    """Reports as one report. It is one row: with `job.py`'s block size of one byte, Ray Data
+    would make each row of a yielded table a block of its own."""
+    table = pa.concat_tables(reports)
+    return _report(pc.list_flatten(table.column("parts")).to_pylist(),
+                   pc.list_flatten(table.column("classes")).to_pylist(),
+                   pc.list_flatten(table.column("reasons")).to_pylist(),
+                   pc.sum(table.column("decode_seconds")).as_py() or 0.0,
+                   pc.sum(table.column("inference_seconds")).as_py() or 0.0,
+                   pc.sum(table.column("large_jpegs")).as_py() or 0)
+
+
+def _report(parts: list[dict], classes: list[int], reasons: list[str], decode_seconds: float,
+            inference_seconds: float, large_jpegs: int) -> pa.Table:
+    return pa.table({"parts": pa.array([parts], pa.list_(PART)),
+                     "rows": [sum(p["rows"] for p in parts)],
+                     "errors": [sum(p["errors"] for p in parts)],
                      "decode_seconds": [decode_seconds],
                      "inference_seconds": [inference_seconds],
-                     "classes": pa.array([rows.column("class_id").drop_null().to_pylist()],
-                                         pa.list_(pa.int32())),
-                     "reasons": pa.array([rows.column("error").drop_null().to_pylist()],
-                                         pa.list_(pa.string()))})
+                     "large_jpegs": [large_jpegs],
+                     "classes": pa.array([classes], pa.list_(pa.int32())),
+                     "reasons": pa.array([reasons], pa.list_(pa.string()))})

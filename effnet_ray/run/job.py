@@ -70,8 +70,10 @@ DECODE_BASE_MEMORY = 256 * 2**20
 DECODE_BYTES_PER_PIXEL = 9
 # Above this share of the CPU, the summary suggests fast decoding.
 DECODE_SHARE_HINT = 0.25
-# ... of a run long enough for it to matter (a few photos decode in no time either way).
+# ... of a run long enough for it to matter (a few photos decode in no time either way),
+# where at least this share of the images are JPEGs that fast decoding shrinks.
 DECODE_SECONDS_HINT = 10.0
+LARGE_JPEGS_HINT = 0.25
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class Summary:
     decode_cpu_seconds: float = 0.0  # reading, decoding and preprocessing, this run
     inference_cpu_seconds: float = 0.0  # the actors' CPU besides decoding, this run
     decoding: str = "exact"  # --decode
+    large_jpegs: int = 0  # this run's images that `--decode fast` would decode smaller
 
     @property
     def labelled(self) -> int:
@@ -111,9 +114,11 @@ class Summary:
             lines.append(f"CPU this run: decoding {self.decode_cpu_seconds:.1f} s, inference "
                          f"{self.inference_cpu_seconds:.1f} s")
         if self.decode_share > DECODE_SHARE_HINT and self.decoding == "exact" and \
-                self.decode_cpu_seconds >= DECODE_SECONDS_HINT:
+                self.decode_cpu_seconds >= DECODE_SECONDS_HINT and \
+                self.large_jpegs >= LARGE_JPEGS_HINT * self.this_run:
             lines.append(f"decoding took {self.decode_share:.0%} of the CPU: --decode fast "
-                         "decodes large JPEGs in a fraction of the time (see --help)")
+                         f"decodes the {self.large_jpegs} large JPEGs in a fraction of the "
+                         "time (see --help)")
         return "\n".join(lines)
 
     @property
@@ -178,7 +183,7 @@ def build_dataset(plan: RunPlan, units: list[Unit], committed: Committed, pool: 
     if pool.decoders:
         calls = pool.decoders
         classifier["read"] = task
-        # A call yields a tiny row per part while it decodes; Ray Data's generator
+        # A call yields tiny rows of committed parts while it decodes; Ray Data's generator
         # backpressure (2 unread yields) would pause decoding until the driver's executor
         # comes round. Private in Ray 2.60; an unknown attribute is merely ignored.
         ds.context._max_num_blocks_in_streaming_gen_buffer = None
@@ -218,10 +223,12 @@ class Tally:
         self.reasons: Counter[str] = Counter()
         self.decode_seconds = 0.0
         self.inference_seconds = 0.0
+        self.large_jpegs = 0
 
     def add(self, stats: pa.Table) -> None:
         self.decode_seconds += pc.sum(stats.column("decode_seconds")).as_py() or 0.0
         self.inference_seconds += pc.sum(stats.column("inference_seconds")).as_py() or 0.0
+        self.large_jpegs += pc.sum(stats.column("large_jpegs")).as_py() or 0
         self.classes.update(pc.list_flatten(stats.column("classes")).to_pylist())
         self.reasons.update(reason_kind(r) for r in
                             pc.list_flatten(stats.column("reasons")).to_pylist())
@@ -356,7 +363,7 @@ def run(plan: RunPlan, progress: Reporter | None = None) -> Summary:
                    reasons=tuple(tally.reasons.most_common()),
                    decode_cpu_seconds=tally.decode_seconds,
                    inference_cpu_seconds=tally.inference_seconds,
-                   decoding=plan.options.read.decode)
+                   decoding=plan.options.read.decode, large_jpegs=tally.large_jpegs)
 
 
 class Ending(NamedTuple):

@@ -148,7 +148,7 @@ class Tracker:
         self.state.done += pc.sum(stats.column("rows")).as_py() or 0
         self.state.errors += pc.sum(stats.column("errors")).as_py() or 0
         closed = False
-        for part in stats.select(["uid", "first", "last", "rows"]).to_pylist():
+        for part in pc.list_flatten(stats.column("parts")).to_pylist():
             shard = self.open.get(part["uid"])
             if shard is None:
                 continue
