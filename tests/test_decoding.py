@@ -17,6 +17,7 @@ from effnet_ray.inputs.preprocessing import (
     DRAFT_MARGIN,
     decode,
     preprocess_bytes,
+    shrinks_when_fast,
     smallest_scale,
 )
 from effnet_ray.models.registry import PHOTOS, get_spec
@@ -91,6 +92,22 @@ def test_a_fast_decode_is_never_smaller_than_the_margin_over_the_first_resize(mo
     assert decoded.width >= size[0] * needed - 1 and decoded.height >= size[1] * needed - 1
     if needed <= 0.5:
         assert decoded.width * decoded.height <= size[0] * size[1] / 4 + size[0] + size[1]
+
+
+@pytest.mark.parametrize("model", CONTRACTS)
+@pytest.mark.parametrize("size", [(4032, 3024), (8000, 6000), (1600, 1200), (500, 375)])
+def test_the_summary_counts_as_large_the_jpegs_that_fast_decoding_shrinks(model, size):
+    """What the summary's hint counts is what `decode` then does: the header alone says it."""
+    spec = get_spec(model)
+    image = Image.new("RGB", size, (90, 120, 150))
+    data = _jpeg(image)
+    shrunk = decode(data, MAX_PIXELS, reduce_for=spec).size != size
+    assert shrinks_when_fast(data, spec) == shrunk
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    assert not shrinks_when_fast(png.getvalue(), spec)  # no DCT scaling for PNG
+    assert not shrinks_when_fast(data[:20], spec)  # a header cut short: no, and no raise
+    assert not shrinks_when_fast(b"", spec)
 
 
 def _relative_l2(compiled: ov.CompiledModel, spec: object, data: bytes) -> tuple[float, bool]:

@@ -324,14 +324,18 @@ def test_arrow_payload_keeps_its_types():
     assert table.schema.field("pixels").type == pa.large_binary() and table.num_rows == 1
 
 
-@pytest.mark.parametrize("decode, infer, decoding, hint", [
-    (30.0, 70.0, "exact", True), (20.0, 80.0, "exact", False), (60.0, 40.0, "fast", False),
-    (0.0, 0.0, "exact", False), (0.5, 0.5, "exact", False)])
+@pytest.mark.parametrize("decode, infer, decoding, large, hint", [
+    (30.0, 70.0, "exact", 10, True), (20.0, 80.0, "exact", 10, False),
+    (60.0, 40.0, "fast", 10, False), (0.0, 0.0, "exact", 10, False),
+    (0.5, 0.5, "exact", 10, False), (30.0, 70.0, "exact", 0, False),
+    (30.0, 70.0, "exact", 2, False), (30.0, 70.0, "exact", 3, True)])
 def test_the_summary_splits_the_cpu_and_names_fast_decoding_when_decoding_dominates(
-        decode, infer, decoding, hint):
+        decode, infer, decoding, large, hint):
+    """Small photos decode slowly only relative to a nearly free model: fast decoding would
+    not shrink them, so the hint needs a quarter of the images to be large JPEGs."""
     text = str(Summary(images=10, errors=0, this_run=10, wall_seconds=5.0, output="out",
                        decode_cpu_seconds=decode, inference_cpu_seconds=infer,
-                       decoding=decoding))
+                       decoding=decoding, large_jpegs=large))
     assert ("CPU this run: decoding" in text) == bool(decode + infer)
     assert ("--decode fast" in text) == hint
     if hint:

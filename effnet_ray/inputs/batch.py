@@ -28,6 +28,7 @@ SCHEMA = pa.schema([
     ("shape", pa.list_(pa.int64())),
     ("pixels", pa.large_binary()),
     ("decode_seconds", pa.float64()),
+    ("large_jpegs", pa.int64()),
 ])
 
 
@@ -46,6 +47,7 @@ class ImageBatch:
     input_versions: list[str | None]
     images: np.ndarray  # uint8, one HxWx3 image per row whose error is None
     decode_seconds: float = 0.0  # CPU spent reading, decoding and preprocessing the rows
+    large_jpegs: int = 0  # rows that `--decode fast` would decode smaller
 
     def __post_init__(self) -> None:
         good = sum(e is None for e in self.errors)
@@ -68,6 +70,7 @@ class ImageBatch:
             pa.LargeBinaryArray.from_buffers(pa.large_binary(), 1,
                                              [None, offsets, pa.py_buffer(images)]),
             pa.array([self.decode_seconds], pa.float64()),
+            pa.array([self.large_jpegs], pa.int64()),
         ], schema=SCHEMA)
 
     @classmethod
@@ -84,7 +87,8 @@ class ImageBatch:
                    source_labels=value("source_labels"),
                    source_metadata=value("source_metadata"),
                    input_sizes=value("input_sizes"), input_versions=value("input_versions"),
-                   images=images, decode_seconds=value("decode_seconds"))
+                   images=images, decode_seconds=value("decode_seconds"),
+                   large_jpegs=value("large_jpegs"))
 
 
 def stack(images: list[np.ndarray], height: int, width: int) -> np.ndarray:

@@ -67,7 +67,7 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS, reduce_for: ModelSpec | No
         if width * height > max_pixels:
             raise ImageError(f"too many pixels ({width}x{height} > {max_pixels})")
         if reduce_for is not None:
-            scale = DRAFT_MARGIN * smallest_scale(reduce_for.preprocess, width, height)
+            scale = _draft_scale(reduce_for, width, height)
             if scale <= 0.5:  # DCT scaling halves at least
                 image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
         image.load()
@@ -83,6 +83,22 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS, reduce_for: ModelSpec | No
         raise ImageError(f"undecodable image ({exc})") from None
 
 
+def _draft_scale(spec: ModelSpec, width: int, height: int) -> float:
+    return DRAFT_MARGIN * smallest_scale(spec.preprocess, width, height)
+
+
+def shrinks_when_fast(data: bytes, spec: ModelSpec) -> bool:
+    """Whether `fast` decoding would decode this image smaller: a JPEG whose header says it
+    is large enough for DCT scaling. Reads the header only."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                return image.format == "JPEG" and _draft_scale(spec, *image.size) <= 0.5
+    except Exception:  # not an image the header parser knows: decoding will say why
+        return False
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """16-bit images are scaled to 8 bits (Pillow's own conversion would clip them white)."""
     if image.mode in _SIXTEEN_BIT:  # in place: a 16-bit image costs 4 more bytes a pixel
@@ -93,7 +109,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         del wide
     if image.mode not in _CONVERTIBLE:
         raise ImageError(f"unsupported mode {image.mode}")
-    return image.convert("RGB")
+    # convert() of an RGB image is a whole copy: 48 MB and ~10 ms for a 12 MP photo
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _given(value: T | None, step: Step) -> T:

@@ -29,7 +29,7 @@ import pyarrow as pa
 from effnet_ray.inputs.batch import ImageBatch, stack
 from effnet_ray.inputs.files import file_samples
 from effnet_ray.inputs.parquet import parquet_samples
-from effnet_ray.inputs.preprocessing import preprocess_bytes
+from effnet_ray.inputs.preprocessing import preprocess_bytes, shrinks_when_fast
 from effnet_ray.inputs.samples import ImageError, ReadTask, Sample, Skip, describe
 from effnet_ray.inputs.webdataset import tar_samples
 from effnet_ray.models.registry import ModelSpec
@@ -75,6 +75,8 @@ def preprocess_sample(sample: Sample, task: ReadTask) -> np.ndarray | None:
     if sample.error is not None or sample.data is None:
         return None
     try:
+        if task.options.decode == "exact":  # for the summary's hint
+            sample.large_jpeg = shrinks_when_fast(sample.data, task.spec)
         return preprocess_bytes(sample.data, task.spec, task.options.max_pixels,
                                 task.options.decode)
     except Exception as exc:  # the sample boundary: any failure is this row's reason
@@ -92,7 +94,8 @@ def _batch(uid: str, first: int, last: bool, samples: list[Sample], images: list
         errors=[s.error for s in samples], source_labels=[s.source_label for s in samples],
         source_metadata=[s.metadata for s in samples], input_sizes=[s.size for s in samples],
         input_versions=[s.version for s in samples],
-        images=stack(images, spec.input.height, spec.input.width))
+        images=stack(images, spec.input.height, spec.input.width),
+        large_jpegs=sum(s.large_jpeg for s in samples))
 
 
 def unit_batches(units: dict[str, np.ndarray], task: ReadTask) -> Iterator[ImageBatch]:

@@ -25,6 +25,7 @@ class Sample:
     metadata: str | None = None
     size: int | None = None
     version: str | None = None
+    large_jpeg: bool = False  # `--decode fast` would decode it smaller
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,12 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
             _check_reachable(address)
             ray.init(address=address, logging_level=level, log_to_driver=True)
         else:  # "local": a new Ray, whatever RAY_ADDRESS or a stale cluster file says
-            ray.init(address="local", include_dashboard=False, logging_level=level)
+            # Nobody scrapes the metrics or reads the task events of a Ray that lives for one
+            # run without a dashboard, and both grow with the run: Ray Data's stats actor
+            # and the GCS (docs/scale.md).
+            ray.init(address="local", include_dashboard=False, logging_level=level,
+                     _system_config={"enable_metrics_collection": False,
+                                     "task_events_report_interval_ms": 0})
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         raise UserError(f"cannot start or reach Ray at {address or 'local'}: "
                         f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
