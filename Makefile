@@ -22,8 +22,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Two workers: most tests wait on Ray's start-up and on subprocesses, not on the CPU. The B7
+# tests share one worker (tests/conftest.py), which builds the seed IRs once.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # The fast layer: pure parts and single stages without Ray, in seconds.
 unit: $(STAMP)

@@ -107,3 +107,15 @@ def many_photos(tmp_path_factory):
             variant.save(folder / f"img{k * len(photos) + j:03d}.jpg", quality=90)
     assert len(list(folder.iterdir())) == IMAGES
     return folder
+
+
+B7_FIXTURES = {"b7_irs", "b7_net", "torch_logits"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Under xdist (`make test` runs two workers), tests that build B7 share one worker, so
+    its IRs (minutes of CPU) are built once."""
+    for item in items:
+        if B7_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("b7"))

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -128,9 +129,14 @@ def test_killed_driver_then_rerun_finishes_without_reading_done_inputs(
     assert manifest(out)["status"] == "complete"
 
 
-def _classifier_pids():
-    """Ray names an actor's process after its class (ray::MapWorker(MapBatches(Classifier)))."""
-    return pids_where("cmdline", lambda cmdline: b"Classifier" in cmdline)
+def _classifier_pids(root):
+    """Ray names an actor's process after its class (ray::MapWorker(MapBatches(Classifier)));
+    only the run started as `root` counts (other runs may share the machine)."""
+    try:
+        tree = {p.pid for p in psutil.Process(root).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+    return tree & pids_where("cmdline", lambda cmdline: b"Classifier" in cmdline)
 
 
 def test_a_killed_actor_is_replaced_and_the_run_completes(many_photos, reference, lite0_ir,
@@ -139,13 +145,14 @@ def test_a_killed_actor_is_replaced_and_the_run_completes(many_photos, reference
     with open(tmp_path / "run.log", "w") as log:
         proc = start_cli("label", many_photos, "--output", out, *job_args(lite0_ir), log=log)
         wait_for(lambda: list(out.glob("part-*.parquet")), what="a first commit")
-        victims = _classifier_pids()
+        victims = _classifier_pids(proc.pid)
         assert len(victims) == 1, victims
         os.kill(next(iter(victims)), signal.SIGKILL)
         # Ray Data restarts the actor in a new process and retries what the dead one held
-        wait_for(lambda: _classifier_pids() - victims or proc.poll() is not None,
+        wait_for(lambda: _classifier_pids(proc.pid) - victims or proc.poll() is not None,
                  what="a new actor")
-        assert _classifier_pids() - victims, "the run ended before an actor replaced the dead"
+        assert _classifier_pids(proc.pid) - victims, \
+            "the run ended before an actor replaced the dead"
         assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()
     assert_same_results(rows_by_name(out), reference)
     assert manifest(out)["runs"][-1]["this_run"] == IMAGES
