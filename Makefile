@@ -23,9 +23,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Two workers: most tests wait on Ray's start-up and on subprocesses, not on the CPU. The B7
-# tests share one worker (tests/conftest.py), which builds the seed IRs once.
+# seed IRs are built once for both (tests/conftest.py).
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2
 
 # The fast layer: pure parts and single stages without Ray, in seconds.
 unit: $(STAMP)

@@ -5,6 +5,7 @@ import os
 import pytest
 from PIL import Image, ImageOps
 
+from effnet_ray.models.cache import one_at_a_time
 from effnet_ray.models.registry import PHOTOS
 from tests.helpers import B7_SEEDS, IMAGES, S3_SECRET, run_cli, start_moto
 
@@ -49,14 +50,18 @@ def lite0_ir(cache_dir):
 
 
 @pytest.fixture(scope="session")
-def b7_irs(cache_dir):
-    """Both seed models as `models prepare --random-weights` writes them."""
+def b7_irs(tmp_path_factory):
+    """Both seed models as `models prepare --random-weights` writes them, built once for all
+    xdist workers (minutes of CPU): a worker that comes second waits, then finds them."""
+    root = tmp_path_factory.getbasetemp()
+    cache = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "b7-cache"
     paths = {}
-    for name in B7_SEEDS:
-        result = run_cli("models", "prepare", name, "--random-weights", "--seed", "0",
-                         "--cache-dir", cache_dir)
-        assert result.returncode == 0, result.stderr
-        paths[name] = cache_dir / "models" / f"{name}-random-seed0" / "model.xml"
+    with one_at_a_time(cache):
+        for name in B7_SEEDS:
+            result = run_cli("models", "prepare", name, "--random-weights", "--seed", "0",
+                             "--cache-dir", cache)
+            assert result.returncode == 0, result.stderr
+            paths[name] = cache / "models" / f"{name}-random-seed0" / "model.xml"
     return paths
 
 
@@ -108,14 +113,3 @@ def many_photos(tmp_path_factory):
     assert len(list(folder.iterdir())) == IMAGES
     return folder
 
-
-B7_FIXTURES = {"b7_irs", "b7_net", "torch_logits"}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """Under xdist (`make test` runs two workers), tests that build B7 share one worker, so
-    its IRs (minutes of CPU) are built once."""
-    for item in items:
-        if B7_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("b7"))
