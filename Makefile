@@ -22,10 +22,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Two workers: most tests wait on Ray's start-up and on subprocesses, not on the CPU. The B7
-# seed IRs are built once for both (tests/conftest.py).
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest
 
 # The fast layer: pure parts and single stages without Ray, in seconds.
 unit: $(STAMP)

@@ -51,8 +51,9 @@ def lite0_ir(cache_dir):
 
 @pytest.fixture(scope="session")
 def b7_irs(tmp_path_factory):
-    """Both seed models as `models prepare --random-weights` writes them, built once for all
-    xdist workers (minutes of CPU): a worker that comes second waits, then finds them."""
+    """Both seed models as `models prepare --random-weights` writes them, built once (minutes
+    of CPU) even for parallel workers (pytest-xdist): one that comes second waits, then
+    finds them."""
     root = tmp_path_factory.getbasetemp()
     cache = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "b7-cache"
     paths = {}
