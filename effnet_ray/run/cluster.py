@@ -58,7 +58,9 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
             ray.init(address="local", include_dashboard=False, logging_level=level,
                      _system_config={"enable_metrics_collection": False,
                                      "task_events_report_interval_ms": 0})
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+    except UserError:
+        raise
+    except Exception as exc:  # Ray's own start-up timeout is a bare Exception
         raise UserError(f"cannot start or reach Ray at {address or 'local'}: "
                         f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
                         ) from exc
