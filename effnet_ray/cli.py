@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 import pyarrow.dataset as pads
 
 import effnet_ray
-from effnet_ray.errors import Terminated, UserError
+from effnet_ray.errors import STOP_SIGNALS, Terminated, UserError
 from effnet_ray.models.cache import default_cache_dir, int8_path, prepared_path
 from effnet_ray.models.complexity import complexity
 from effnet_ray.models.ir import read_ir
@@ -267,7 +267,7 @@ MODELS_COMMANDS = {"list": models_list, "prepare": models_prepare, "quantize": m
 
 
 def _terminate(signum: int, frame: object) -> None:
-    raise Terminated()
+    raise Terminated(signum)
 
 
 class _Format(logging.Formatter):
@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv  # anywhere on the line, before or after the command
     _install_logging(debug)
-    signal.signal(signal.SIGTERM, _terminate)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _terminate)
     try:
         args = parser.parse_args([a for a in argv if a != "--debug"])
         if args.command == "models":
@@ -305,9 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exception(exc.__cause__ or exc.__context__, file=sys.stderr)
         print(f"effnet-ray: error: {exc}", file=sys.stderr)
         return 2
-    except Terminated:
+    except Terminated as stop:
         print("effnet-ray: terminated; rerun the same command to resume", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("effnet-ray: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

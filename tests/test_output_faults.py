@@ -114,14 +114,17 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_rerun_completes(
     assert len(rows_by_name(out)) == IMAGES
 
 
-def test_sigterm_stops_the_run_like_ctrl_c_and_the_rerun_completes(
-        tmp_path, many_photos, lite0_ir):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_stops_the_run_like_ctrl_c_and_the_rerun_completes(
+        tmp_path, many_photos, lite0_ir, signum):
+    """SIGTERM (kill, Kubernetes, `ray job stop`) and SIGHUP (the terminal or ssh session
+    closed)."""
     out = tmp_path / "out"
     proc = start("label", many_photos, "--output", out, *job_args(lite0_ir))
     wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 2, what="two commits")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     result = finished(proc, timeout=120)
-    assert result.returncode == 143, result.stderr
+    assert result.returncode == 128 + signum, result.stderr
     assert "Traceback" not in result.stderr
     assert messages(result.stderr)[-1] == \
         "effnet-ray: terminated; rerun the same command to resume", result.stderr

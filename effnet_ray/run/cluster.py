@@ -20,7 +20,7 @@ import time
 
 import ray
 
-from effnet_ray.errors import UserError
+from effnet_ray.errors import STOP_SIGNALS, UserError
 from effnet_ray.options import PlacementOptions
 from effnet_ray.run.console import quiet_ray
 from effnet_ray.run.placement import auto_actors, decoders_per_actor, fitting_actors
@@ -45,8 +45,8 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     level = logging.INFO if verbose else logging.WARNING
     # ray.init makes SIGTERM exit at once (sys.exit), skipping the run's own ending; the
-    # handler the caller had (the CLI's: stop as on Ctrl-C) is put back after it.
-    on_sigterm = signal.getsignal(signal.SIGTERM)
+    # handlers the caller had (the CLI's: stop as on Ctrl-C) are put back after it.
+    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     try:
         if address:
             _check_reachable(address)
@@ -66,7 +66,9 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
                         ) from exc
     finally:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, on_sigterm)
+            for signum, handler in handlers.items():
+                if handler is not None:  # None: set outside Python, cannot be put back
+                    signal.signal(signum, handler)
     quiet_ray(verbose)
     return True
 
