@@ -110,8 +110,18 @@ def open_fs(uri: str, options: dict | None = None) -> tuple[AbstractFileSystem, 
         reason = str(exc).splitlines()[0][:120] if not options else type(exc).__name__
         raise UserError(f"{redact(uri)}: bad storage options for {protocol} ({reason})") \
             from None
-    path = fs._strip_protocol(uri)
-    return fs, os.path.abspath(path) if local else path
+    return fs, _local_path(uri) if local else fs._strip_protocol(uri)
+
+
+def _local_path(uri: str) -> str:
+    """The absolute path a `file://` (or `local://`) URI names. `file://localhost/p` is `/p`
+    (RFC 8089); other text after `//` is a relative path, as fsspec reads it."""
+    match = _PROTOCOL.match(uri)
+    rest = uri[match.end():] if match else uri
+    host, slash, tail = rest.partition("/")
+    if host.lower() == "localhost":
+        rest = slash + tail or "/"
+    return os.path.abspath(fsspec.filesystem("file")._strip_protocol(f"file://{rest}"))
 
 
 def normal_uri(uri: str) -> str:
@@ -130,9 +140,9 @@ def normal_uri(uri: str) -> str:
     except (ImportError, ValueError):
         return redact(uri)
     names = (cls.protocol,) if isinstance(cls.protocol, str) else tuple(cls.protocol)
-    path = cls._strip_protocol(uri)
     if set(names) & set(LOCAL):
-        return os.path.abspath(path)
+        return _local_path(uri)
+    path = cls._strip_protocol(uri)
     if not any(path.startswith(f"{name}://") for name in names):
         path = f"{names[0]}://{path.rstrip('/') or path}"
     return redact(path)
@@ -271,6 +281,12 @@ def named_errors(uri: str) -> Iterator[None]:
         raise UserError(f"{shown} does not exist") from None
     except PermissionError:
         raise UserError(f"access to {shown} is denied") from None
+    except (IsADirectoryError, NotADirectoryError) as exc:  # the wrong kind of entry: not a fault
+        where = redact(str(exc.filename)) if exc.filename else shown
+        if isinstance(exc, IsADirectoryError):
+            raise UserError(f"{where} is a folder where a file is expected; move it away") \
+                from None
+        raise UserError(f"{where}: a part of this path is a file, not a folder") from None
     except Exception as exc:
         if is_transient(exc) or _is_store_error(exc):
             raise Unreachable(f"cannot reach {shown}: {short_reason(exc)}") from exc

@@ -185,6 +185,17 @@ def test_an_expired_or_broken_lease_is_taken_over(tmp_path):
     Lease.acquire(fs, path).release()
 
 
+@pytest.mark.parametrize("name", [LEASE, "_manifest.json"])
+def test_a_folder_where_our_file_belongs_is_one_line_naming_it(tmp_path, name):
+    (tmp_path / name).mkdir()
+    fs, path = open_fs(str(tmp_path))
+    with pytest.raises(UserError, match=f"^{tmp_path / name} is a folder where a file is "
+                                        "expected; move it away$"):
+        Lease.acquire(fs, path).release()
+        check_resumable(fs, path, {"model": "m"})
+    assert (tmp_path / name).is_dir()  # nothing outside the output's own files is deleted
+
+
 def test_the_heartbeat_keeps_the_lease_and_notices_a_takeover(tmp_path):
     fs, path = open_fs(str(tmp_path))
     lease = Lease.acquire(fs, path)

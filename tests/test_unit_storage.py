@@ -49,11 +49,13 @@ def test_a_plain_name_is_a_local_path_whatever_it_looks_like(name):
 
 @pytest.mark.parametrize("typed", ["in", "in/", "./in", "in//", "./x/../in/.", "{cwd}/in",
                                    "{cwd}/in/", "{cwd}//in", "file://{cwd}/in",
-                                   "FILE://{cwd}/./in/", "file://in", "Local://{cwd}/in"])
+                                   "FILE://{cwd}/./in/", "file://in", "Local://{cwd}/in",
+                                   "file://localhost{cwd}/in", "file://LOCALHOST{cwd}/in/"])
 def test_a_local_input_is_named_by_what_it_means_not_how_it_is_typed(typed, tmp_path,
                                                                      monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert normal_uri(typed.format(cwd=tmp_path)) == f"{tmp_path}/in"
+    assert open_fs(typed.format(cwd=tmp_path))[1] == f"{tmp_path}/in"
 
 
 @pytest.mark.parametrize("typed, meant", [
