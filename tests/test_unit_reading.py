@@ -464,6 +464,27 @@ def test_oversized_and_missing_values_are_rows(tmp_path):
     assert "no image bytes" in rows[1][1] and "larger than --max-bytes" in rows[2][1]
 
 
+@pytest.mark.parametrize("hugging_face", [False, True])
+def test_a_value_over_max_bytes_is_never_copied_out_of_arrow(tmp_path, hugging_face):
+    """Python's heap (where `bytes` live; Arrow's pool is not traced) stays far below the
+    64 MiB value: only its length is read."""
+    big = b"\xff" * (64 << 20)
+    values = [{"bytes": big, "path": None}, {"bytes": JPEG, "path": None}] if hugging_face \
+        else [big, JPEG]
+    path = parquet(tmp_path, pa.table({"image": pa.array(values, HF_IMAGE if hugging_face
+                                                          else pa.binary())}))
+    del big, values
+    tracemalloc.start()
+    try:
+        rows = read("parquet", [path], max_bytes=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rows[0][1] == f"larger than --max-bytes ({64 << 20} > {1 << 20} bytes)"
+    assert rows[1][1] is None
+    assert peak < 16 << 20
+
+
 HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 

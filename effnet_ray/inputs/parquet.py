@@ -15,6 +15,7 @@ import posixpath
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from effnet_ray.errors import UserError
@@ -134,10 +135,12 @@ def parquet_samples(uri: str, size: int | None, version: str | None, task: ReadT
                 for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH,
                                                   row_groups=[group], columns=columns):
                     ids = batch.column(1).to_pylist() if has_id else [None] * batch.num_rows
-                    for value, ident in zip(batch.column(0).to_pylist(), ids, strict=True):
+                    images = batch.column(0)
+                    lengths = _lengths(images)
+                    for index, ident in enumerate(ids):
                         item = unique(f"{shard}{SEPARATOR}{_id_text(ident, row)}")
-                        sample = None if skip(row) else _row_sample(item, value, folder, task,
-                                                                    size, version)
+                        sample = None if skip(row) else _row_sample(
+                            item, images, index, lengths[index], folder, task, size, version)
                         got = len(sample.data) if sample and sample.data else 0
                         yield sample
                         row += 1
@@ -157,12 +160,23 @@ def parquet_samples(uri: str, size: int | None, version: str | None, task: ReadT
                      size=size, version=version)
 
 
-def _row_sample(path: str, value: object, folder: str, task: ReadTask, size: int | None,
-                version: str | None) -> Sample:
+def _lengths(images: pa.Array) -> list[int | None]:
+    """Each row's length of image bytes, read before any value becomes a Python object."""
+    values = images.field("bytes") if pa.types.is_struct(images.type) else images
+    return pc.binary_length(values).to_pylist()
+
+
+def _row_sample(path: str, images: pa.Array, index: int, length: int | None, folder: str,
+                task: ReadTask, size: int | None, version: str | None) -> Sample:
+    """Row `index` of a batch's image column; bytes over --max-bytes are never copied out."""
     sample = Sample(path, size=size, version=version)
+    limit = task.options.max_bytes
+    if length is not None and length > limit:
+        sample.error = too_large(length, limit)
+        return sample
+    value = images[index].as_py()
     data = value.get("bytes") if isinstance(value, dict) else value
     reference = value.get("path") if isinstance(value, dict) else None
-    limit = task.options.max_bytes
     if data is None and reference:
         try:
             data = read_object(_beside(folder, str(reference)), None, task)
