@@ -85,6 +85,10 @@ def test_ground_truth_from_each_source_in_order(tmp_path):
                          read_truth_file(str(gt)))
     assert truth.classes.tolist() == [1, 2, 2, UNKNOWN, 7, 12, 42, 5, UNKNOWN, UNKNOWN]
     assert truth.counts == {"file": 3, "source_label": 2, "class folder": 2}
+    ignored = [p for p in truth.problems if p["kind"] == "unusable_source_labels"]
+    assert ignored == [{"kind": "unusable_source_labels", "count": 2, "message": (
+        "2 rows: source label (.cls) neither a class id in 0-999 nor a WordNet id, ignored "
+        "(e.g. /nothing.jpg: 'not a class')")}]
 
 
 def test_imagenet_validation_format(tmp_path):

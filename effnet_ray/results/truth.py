@@ -16,8 +16,8 @@ that is not an integer, no path) stops the evaluation with one line naming the f
 and the value. What can only be judged against the rows and the model is counted and
 reported instead (`GroundTruth.problems`), never dropped in silence: rows given a class id
 outside the model's (-1, 1000 for ImageNet), rows that entries with different classes match
-(a path listed twice with two classes), entries that match no row. Rows the file speaks for
-take no class from the other sources.
+(a path listed twice with two classes), entries that match no row, rows whose `.cls` names
+no class of the model. Rows the file speaks for take no class from the other sources.
 Everything but reading the file is vectorised over Arrow arrays: a million rows take seconds.
 """
 
@@ -276,4 +276,20 @@ def ground_truth(paths: pa.Array, source_labels: pa.Array, wnids: tuple[str, ...
         take = todo & (found != UNKNOWN)
         classes[take] = found[take]
         counts[name] = int(take.sum())
+        if name == "source_label":
+            problems += _label_problems(paths, labels, todo & (found == UNKNOWN), len(wnids))
     return GroundTruth(classes, counts, problems)
+
+
+def _label_problems(paths: pa.Array, labels: pa.Array, unused: np.ndarray, classes: int
+                    ) -> list[dict]:
+    """Rows whose source label was given but names no class of the model."""
+    given = pc.fill_null(pc.utf8_length(pc.utf8_trim_whitespace(labels.cast(pa.string()))), 0)
+    ignored = np.flatnonzero(unused & (given.to_numpy(zero_copy_only=False) > 0))
+    if not len(ignored):
+        return []
+    example = int(ignored[0])
+    shown = str(labels[example].as_py()).strip()[:40]
+    return [{"kind": "unusable_source_labels", "count": len(ignored), "message": (
+        f"{len(ignored)} rows: source label (.cls) neither a class id in 0-{classes - 1} nor "
+        f"a WordNet id, ignored (e.g. {paths[example].as_py()}: {shown!r})")}]
