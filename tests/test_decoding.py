@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from effnet_ray.inputs.preprocessing import (
-    DRAFT_MARGIN,
     decode,
     preprocess_bytes,
     shrinks_when_fast,
@@ -27,13 +26,14 @@ from effnet_ray.run.job import DECODE_BYTES_PER_PIXEL
 from tests.helpers import B7_SEEDS
 
 CONTRACTS = ["efficientnet-lite0", *B7_SEEDS]
-# benchmarks/bench_decode_fast.py, OpenVINO at f32 (AMD EPYC Zen 5): fast against exact,
-# worst relative L2 of the logits 0.040 for Lite0 on 12 and 48 MP photos, where the default
-# precision (bf16) alone moves them 0.041 (median) from f32. B7 with random weights magnifies
-# every pixel change: fast moves its logits 0.08-0.14 (median), 0.25 at worst, and bf16 alone
-# 0.05-0.06, 0.16 at worst. The bounds leave room for other photos.
-RELATIVE_L2 = {"efficientnet-lite0": 0.08, "efficientnet-b7-pytorch": 0.4,
-               "efficientnet-b7_auto_aug": 0.4}
+# benchmarks/bench_decode_fast.py, OpenVINO at f32 (AMD EPYC): fast against exact, Lite0's
+# logits 0.023-0.063 (median) and 0.092 (worst) relative L2 apart on 12 and 48 MP photos,
+# where the default precision (bf16) alone moves them 0.041 (median) and 0.075 from f32. B7
+# with random weights magnifies every pixel change: fast moves its logits 0.13-0.16
+# (median), 0.59 at worst, and bf16 alone 0.05-0.06, 0.16 at worst. The bounds leave room
+# for other photos.
+RELATIVE_L2 = {"efficientnet-lite0": 0.15, "efficientnet-b7-pytorch": 0.8,
+               "efficientnet-b7_auto_aug": 0.8}
 
 
 def _photos() -> list[Image.Image]:
@@ -71,24 +71,28 @@ def test_exact_is_the_default():
 
 @pytest.mark.parametrize("model", CONTRACTS)
 def test_photos_of_the_models_own_size_decode_the_same_either_way(model):
-    """Below twice the first resize's size nothing is scaled: fast is exact, to the bit."""
+    """Below twice the first resize's size nothing is scaled: fast is exact, to the bit.
+    (Lite0 keeps 256 pixels of the short side: the 1000x872 photo is scaled for it.)"""
     spec = get_spec(model)
+    same = 0
     for path in sorted(PHOTOS.iterdir()):
-        if path.suffix not in (".jpg", ".png"):
-            continue
         data = path.read_bytes()
+        if path.suffix not in (".jpg", ".png") or shrinks_when_fast(data, spec):
+            continue
         assert np.array_equal(preprocess_bytes(data, spec, decoding="fast"),
                               preprocess_bytes(data, spec)), path.name
+        same += 1
+    assert same >= 6
 
 
 @pytest.mark.parametrize("model", CONTRACTS)
 @pytest.mark.parametrize("size", [(4032, 3024), (3024, 4032), (8000, 6000), (1600, 1200),
                                   (9000, 700)])
-def test_a_fast_decode_is_never_smaller_than_the_margin_over_the_first_resize(model, size):
+def test_a_fast_decode_is_never_smaller_than_the_first_resize_keeps(model, size):
     spec = get_spec(model)
     data = _jpeg(Image.new("RGB", size, (90, 120, 150)))
     decoded = decode(data, MAX_PIXELS, reduce_for=spec)
-    needed = min(1.0, DRAFT_MARGIN * smallest_scale(spec.preprocess, *size))
+    needed = smallest_scale(spec.preprocess, *size)
     assert decoded.width >= size[0] * needed - 1 and decoded.height >= size[1] * needed - 1
     if needed <= 0.5:
         assert decoded.width * decoded.height <= size[0] * size[1] / 4 + size[0] + size[1]
@@ -127,7 +131,8 @@ def test_fast_logits_of_camera_photos_stay_within_the_measured_tolerance(lite0_i
                                                                           camera_photos):
     spec = get_spec("efficientnet-lite0")
     compiled = _compiled(lite0_ir, spec)
-    results = [_relative_l2(compiled, spec, data) for data in camera_photos]
+    bundled = [p.read_bytes() for p in sorted(PHOTOS.iterdir()) if p.suffix == ".jpg"]
+    results = [_relative_l2(compiled, spec, data) for data in camera_photos + bundled]
     assert max(d for d, _ in results) < RELATIVE_L2["efficientnet-lite0"]
     assert sum(same for _, same in results) >= len(results) - 2
 

@@ -3,11 +3,11 @@
 `exact` decoding reproduces OMZ's accuracy-check arithmetic (resize.py, crop.py) to the bit,
 because a one-pixel offset of the crop changes B7's logits by 2e-3 or more. `fast` decoding
 spends less CPU on large photos: a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT
-domain (libjpeg's scaled IDCT), never below `DRAFT_MARGIN` times the size the contract's first
-resize shrinks it to, and a resize that still shrinks by more than
-`REDUCING_GAP` first reduces by a whole factor (a box filter), then resamples as the contract
-says. The result is always HxWx3 uint8 RGB; layout, colour order and float conversion happen
-inside the compiled model.
+domain (libjpeg's scaled IDCT), never below the size the contract's first resize shrinks it
+to, and a resize that still shrinks by more than `REDUCING_GAP` first reduces by a whole
+factor (a box filter), then resamples as the contract says (docs/performance.md: what each
+costs and changes). The result is always HxWx3 uint8 RGB; layout, colour order and float
+conversion happen inside the compiled model.
 """
 
 from __future__ import annotations
@@ -28,10 +28,6 @@ from effnet_ray.options import MAX_PIXELS
 # Pillow: with a gap of 3 or more the two-step resize is "indistinguishable from fair
 # resampling in most cases"; the measured effect on logits is in docs/performance.md.
 REDUCING_GAP = 3.0
-# Fast decoding keeps at least this many times the pixels per side that the first resize
-# keeps, so that resize still filters: at 2x the logits move half as far as at 1x, for a few
-# ms more per 12 MP photo (docs/performance.md).
-DRAFT_MARGIN = 2.0
 T = TypeVar("T")
 _SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _CONVERTIBLE = {"1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr"}
@@ -67,7 +63,7 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS, reduce_for: ModelSpec | No
         if width * height > max_pixels:
             raise ImageError(f"too many pixels ({width}x{height} > {max_pixels})")
         if reduce_for is not None:
-            scale = _draft_scale(reduce_for, width, height)
+            scale = smallest_scale(reduce_for.preprocess, width, height)
             if scale <= 0.5:  # DCT scaling halves at least
                 image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
         image.load()
@@ -83,10 +79,6 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS, reduce_for: ModelSpec | No
         raise ImageError(f"undecodable image ({exc})") from None
 
 
-def _draft_scale(spec: ModelSpec, width: int, height: int) -> float:
-    return DRAFT_MARGIN * smallest_scale(spec.preprocess, width, height)
-
-
 def shrinks_when_fast(data: bytes, spec: ModelSpec) -> bool:
     """Whether `fast` decoding would decode this image smaller: a JPEG whose header says it
     is large enough for DCT scaling. Reads the header only."""
@@ -94,7 +86,8 @@ def shrinks_when_fast(data: bytes, spec: ModelSpec) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as image:
-                return image.format == "JPEG" and _draft_scale(spec, *image.size) <= 0.5
+                return image.format == "JPEG" and \
+                    smallest_scale(spec.preprocess, *image.size) <= 0.5
     except Exception:  # not an image the header parser knows: decoding will say why
         return False
 
