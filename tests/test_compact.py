@@ -86,6 +86,8 @@ def test_compaction_keeps_every_row_and_resume_exact(many_photos, lite0_ir, tmp_
 
 def test_compact_refuses_an_unfinished_or_missing_output(tmp_path):
     one_line_error(run_cli("compact", tmp_path / "nope"), "does not exist")
+    (tmp_path / "file.csv").write_text("path,class_id\n")
+    one_line_error(run_cli("compact", tmp_path / "file.csv"), "is not an output folder")
     (tmp_path / "half").mkdir()
     one_line_error(run_cli("compact", tmp_path / "half"), "not a finished output")
     one_line_error(run_cli("compact", tmp_path / "half", "--target-size", "lots"),

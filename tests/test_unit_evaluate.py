@@ -3,6 +3,7 @@ truth files as people write them; evaluate and report through the CLI on an outp
 hand (no Ray)."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -16,6 +17,7 @@ from effnet_ray.output.layout import Part
 from effnet_ray.output.manifest import write_manifest
 from effnet_ray.output.rows import parquet_bytes, result_table
 from effnet_ray.results.evaluate import calibration_error, describe, evaluate_table
+from effnet_ray.results.report import write_report
 from effnet_ray.results.truth import (
     CONFLICT,
     NO_ENTRY,
@@ -329,3 +331,23 @@ def test_evaluate_and_report_refuse_a_bad_line_in_one_line(small_output, tmp_pat
     one_line_error(run_cli("evaluate", small_output, "--ground-truth", gt), "gt.csv", fragment)
     one_line_error(run_cli("report", small_output, "--ground-truth", gt, "--html",
                            tmp_path / "r.html"), "gt.csv", fragment)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+def test_a_ground_truth_that_is_not_a_regular_file_is_one_line_and_never_blocks(tmp_path, kind):
+    path = {"folder": tmp_path / "gt", "fifo": tmp_path / "gt", "device": "/dev/zero"}[kind]
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)  # reading it would wait for a writer forever
+    with pytest.raises(UserError, match=f"^{path} is not a regular file$"):
+        read_truth_file(str(path))
+
+
+def test_a_page_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    """The output is not even looked at: it does not exist here."""
+    (tmp_path / "page").mkdir()
+    with pytest.raises(UserError, match="is a folder, not a page to write"):
+        write_report(str(tmp_path / "no-output"), str(tmp_path / "page"))
+    with pytest.raises(UserError, match="its folder does not exist"):
+        write_report(str(tmp_path / "no-output"), str(tmp_path / "gone" / "page.html"))

@@ -66,8 +66,10 @@ def compact(out: str, target_size: int = DEFAULT_TARGET, storage_options: dict |
     fs, folder = open_fs(out, storage_options)
     shown = redact(out)
     with named_errors(out):
-        if not fs.isdir(folder):
+        if not fs.exists(folder):
             raise UserError(f"{shown} does not exist")
+        if not fs.isdir(folder):
+            raise UserError(f"{shown} is not an output folder")
     lease = Lease.acquire(fs, folder, break_lease)
     try:
         manifest = read_manifest(fs, folder)

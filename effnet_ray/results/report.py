@@ -15,6 +15,7 @@ import base64
 import html
 import io
 import logging
+import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from fsspec.spec import AbstractFileSystem
 
 from effnet_ray.errors import UserError
 from effnet_ray.inputs.fetch import read_object
@@ -39,7 +41,7 @@ from effnet_ray.output.manifest import read_manifest
 from effnet_ray.output.rows import reason_kind
 from effnet_ray.results.evaluate import COLUMNS, Evaluation, evaluate_table, read_output
 from effnet_ray.results.truth import read_truth_file
-from effnet_ray.storage import local_path, open_fs, put_atomic, redact
+from effnet_ray.storage import is_local, local_path, named_errors, open_fs, put_atomic, redact
 
 if TYPE_CHECKING:  # matplotlib is an extra, imported only when a page is drawn
     from matplotlib.figure import Figure
@@ -311,12 +313,24 @@ def write_report(out: str, destination: str, ground_truth_file: str | None = Non
         import matplotlib  # noqa: F401
     except ImportError:
         raise UserError("report needs matplotlib: pip install 'effnet-ray[report]'") from None
+    dest_fs, dest = open_fs(destination, storage_options)
+    _check_destination(dest_fs, dest, redact(destination))
     table = read_output(out, COLUMNS + ["label"], storage_options)
     entries = read_truth_file(ground_truth_file, storage_options) if ground_truth_file \
         else None
     evaluation = evaluate_table(table, entries)
     fs, path = open_fs(out, storage_options)
     page = build_html(out, table, evaluation, read_manifest(fs, path), storage_options)
-    dest_fs, dest = open_fs(destination, storage_options)
-    put_atomic(dest_fs, dest, page.encode())
+    with named_errors(destination):
+        put_atomic(dest_fs, dest, page.encode())
     return destination
+
+
+def _check_destination(fs: AbstractFileSystem, path: str, shown: str) -> None:
+    """Refuse, before any work, a local page that cannot be written where it is named."""
+    if not is_local(fs):
+        return
+    if os.path.isdir(path):
+        raise UserError(f"{shown} is a folder, not a page to write")
+    if not os.path.isdir(os.path.dirname(path)):
+        raise UserError(f"cannot write {shown}: its folder does not exist")

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from effnet_ray.errors import UserError
+from effnet_ray.inputs.fetch import check_regular
 from effnet_ray.storage import named_errors, open_fs, redact
 
 UNKNOWN = -1
@@ -57,9 +58,13 @@ class GroundTruth:
 def read_truth_file(uri: str, storage_options: dict | None = None) -> pa.Table:
     """The file's entries as a table (key: string, class_id: int64, line: int64)."""
     fs, path = open_fs(uri, storage_options)
-    with named_errors(uri):
-        data = fs.cat_file(path)
     shown = redact(uri)
+    with named_errors(uri):
+        try:
+            check_regular(fs, path)  # a FIFO would block, a device never end
+        except UserError:
+            raise UserError(f"{shown} is not a regular file") from None
+        data = fs.cat_file(path)
     text = _text(data, shown)
     first = next((line for line in io.StringIO(text, newline="") if line.strip()), None)
     if first is None:
