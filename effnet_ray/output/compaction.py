@@ -32,6 +32,7 @@ from effnet_ray.output.damage import damaged_line, reading
 from effnet_ray.output.layout import Part, compact_name, timestamp
 from effnet_ray.output.lease import Lease
 from effnet_ray.output.manifest import read_manifest, write_manifest
+from effnet_ray.output.place import check_existing
 from effnet_ray.output.record import (
     CompactFile,
     group_rows,
@@ -66,10 +67,7 @@ def compact(out: str, target_size: int = DEFAULT_TARGET, storage_options: dict |
     fs, folder = open_fs(out, storage_options)
     shown = redact(out)
     with named_errors(out):
-        if not fs.exists(folder):
-            raise UserError(f"{shown} does not exist")
-        if not fs.isdir(folder):
-            raise UserError(f"{shown} is not an output folder")
+        check_existing(fs, folder, shown)
     lease = Lease.acquire(fs, folder, break_lease)
     try:
         manifest = read_manifest(fs, folder)

@@ -39,6 +39,14 @@ def _within(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
+def check_existing(fs: AbstractFileSystem, path: str, shown: str) -> None:
+    """Refuse an output that a command reads or rewrites if it is missing or not a folder."""
+    if not fs.exists(path):
+        raise UserError(f"{shown} does not exist")
+    if not fs.isdir(path):
+        raise UserError(f"{shown} is not an output folder")
+
+
 def check_place(output: str, inputs: tuple[str, ...], storage_options: dict
                 ) -> tuple[AbstractFileSystem, str]:
     """The output's filesystem and path, once it is known not to be a file, a read-only

@@ -22,6 +22,7 @@ from fsspec.spec import AbstractFileSystem
 from effnet_ray.errors import UserError
 from effnet_ray.models.registry import get_spec, load_class_names, load_wnids
 from effnet_ray.output.damage import check_footers, damaged_line, is_damage, reading
+from effnet_ray.output.place import check_existing
 from effnet_ray.output.resume import scan
 from effnet_ray.results.truth import UNKNOWN, ground_truth, read_truth_file
 from effnet_ray.storage import is_local, named_errors, open_fs, redact, short_reason
@@ -60,10 +61,7 @@ def read_output(out: str, columns: list[str], storage_options: dict | None = Non
     fs, path = open_fs(out, storage_options)
     shown = redact(out)
     with named_errors(out):
-        if not fs.exists(path):
-            raise UserError(f"{shown} does not exist")
-        if not fs.isdir(path):
-            raise UserError(f"{shown} is not an output folder")
+        check_existing(fs, path, shown)
     holding = scan(fs, path).holding
     files = sorted(holding)
     if not files:
